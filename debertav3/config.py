@@ -1,0 +1,128 @@
+"""Typed configuration: the model schema (DebertaV2Config field names) and its presets.
+
+`ModelConfig` mirrors the fields of transformers' `DebertaV2Config` that the DeBERTa-v3 network uses, so a
+config.json moves between us and Hugging Face by copying keys (see `debertav3.hf`). Every value is checked in
+`__post_init__` and a bad one raises a one-line `ValueError` that names the field and the fix.
+
+The training schema (data, optimiser, trainer sections) lives in `debertav3.train_config` so that the model
+package stays importable on its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+POSITION_TERMS = ("c2p", "p2c")
+ACTIVATIONS = ("gelu", "relu", "gelu_new", "silu", "tanh")
+NORM_REL_EBD = ("layer_norm", "none")
+
+
+@dataclass
+class ModelConfig:
+    """One DeBERTa-v3 encoder. Defaults are the released deberta-v3-base values (docs/reference.md)."""
+
+    vocab_size: int = 128100
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 0
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-7
+    relative_attention: bool = True
+    max_relative_positions: int = -1
+    position_buckets: int = 256
+    pos_att_type: list[str] = field(default_factory=lambda: ["p2c", "c2p"])
+    share_att_key: bool = True
+    norm_rel_ebd: str = "layer_norm"
+    position_biased_input: bool = False
+    pad_token_id: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.pos_att_type, str):  # HF also accepts "p2c|c2p"
+            self.pos_att_type = [t.strip() for t in self.pos_att_type.lower().split("|") if t.strip()]
+        self.pos_att_type = list(self.pos_att_type)
+        self.validate()
+
+    def validate(self) -> None:
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "intermediate_size", "max_position_embeddings"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"model.hidden_size ({self.hidden_size}) must be divisible by "
+                             f"model.num_attention_heads ({self.num_attention_heads})")
+        unknown = [t for t in self.pos_att_type if t not in POSITION_TERMS]
+        if unknown:
+            raise ValueError(f"model.pos_att_type has unknown term(s) {unknown}; use a subset of {list(POSITION_TERMS)}")
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"model.hidden_act {self.hidden_act!r} is not supported; use one of {list(ACTIVATIONS)}")
+        if self.norm_rel_ebd not in NORM_REL_EBD:
+            raise ValueError(f"model.norm_rel_ebd {self.norm_rel_ebd!r} is not supported; use one of {list(NORM_REL_EBD)}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.type_vocab_size < 0:
+            raise ValueError(f"model.type_vocab_size must be >= 0, got {self.type_vocab_size}")
+        if not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(f"model.pad_token_id {self.pad_token_id} is outside the vocabulary (size {self.vocab_size})")
+        if self.layer_norm_eps <= 0 or self.initializer_range <= 0:
+            raise ValueError("model.layer_norm_eps and model.initializer_range must be positive")
+
+    @property
+    def head_size(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def relative_span(self) -> int:
+        """Half the number of rows of the relative embedding table (256 for v3: a 512-row table)."""
+        if self.position_buckets > 0:
+            return self.position_buckets
+        return self.max_relative_positions if self.max_relative_positions > 0 else self.max_position_embeddings
+
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# Released deberta-v3 sizes (docs/reference.md, table "size"); everything else takes the defaults above.
+PRESETS: dict[str, dict] = {
+    "xsmall": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536),
+    "small": dict(hidden_size=768, num_hidden_layers=6, num_attention_heads=12, intermediate_size=3072),
+    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+    "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
+    # CPU-sized for tests and the quick start: v3 attention settings, tiny width and vocabulary.
+    "tiny": dict(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                 intermediate_size=256),
+}
+
+
+def preset(name: str, **overrides) -> ModelConfig:
+    """`ModelConfig` for a named size (xsmall, small, base, large, tiny), with field overrides."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+    return ModelConfig(**{**PRESETS[name], **overrides})
+
+
+def generator_config(discriminator: ModelConfig, num_hidden_layers: int | None = None,
+                     hidden_size: int | None = None) -> ModelConfig:
+    """The generator's config: the discriminator's width and half its depth (DeBERTaV3 paper, official rtd_*.json).
+
+    `hidden_size` may differ from the discriminator's only for NES (ES and GDES share one embedding table);
+    intermediate size and heads scale with it.
+    """
+    layers = num_hidden_layers if num_hidden_layers is not None else max(1, discriminator.num_hidden_layers // 2)
+    if layers < 1:
+        raise ValueError(f"generator num_hidden_layers must be >= 1, got {layers}")
+    width = hidden_size if hidden_size is not None else discriminator.hidden_size
+    ratio = width / discriminator.hidden_size
+    heads = max(1, round(discriminator.num_attention_heads * ratio))
+    return discriminator.replace(num_hidden_layers=layers, hidden_size=width, num_attention_heads=heads,
+                                 intermediate_size=int(discriminator.intermediate_size * ratio))

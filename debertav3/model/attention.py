@@ -1,0 +1,128 @@
+"""Relative positions (log buckets) and disentangled self-attention (DeBERTa paper eq. 2-4, DeBERTa-v2 code path).
+
+Shape legend: B batch, H heads, Lq/Lk query/key length, D head size, R rows of the (sliced) relative table.
+
+Scores = (Q K^T + c2p + p2c) / sqrt(D * (1 + number of position terms)), with
+    c2p(i, j) = Q_i . pos_key[idx(i, j)]      pos_key   = key_proj(R)   (or pos_key_proj with share_att_key=False)
+    p2c(i, j) = K_j . pos_query[idx(i, j)]    pos_query = query_proj(R) (or pos_query_proj)
+where idx(i, j) = clamp(bucket(i - j) + span, 0, 2 * span - 1). p2c uses the same bucket as c2p, as the official
+code and transformers do (the bucket function is odd, so -bucket(j - i) = bucket(i - j)).
+Both terms are matrix products against the relative table followed by a gather, never [B, H, L, L, D] tensors.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+
+
+def log_bucket_position(relative_pos: torch.Tensor, bucket_size: int, max_position: int) -> torch.Tensor:
+    """Map relative distances r to buckets: |r| <= mid keeps r, larger |r| is compressed logarithmically.
+
+    bucket(r) = sign(r) * (mid + ceil(log(|r| / mid) / log((max_position - 1) / mid) * (mid - 1))), mid = bucket_size/2.
+    """
+    mid = bucket_size // 2
+    abs_pos = relative_pos.abs()
+    # Clamp below so log() only ever sees |r| >= mid; those entries are discarded by the where() anyway.
+    safe = abs_pos.clamp(min=mid).to(torch.float64)
+    log_pos = torch.ceil(torch.log(safe / mid) / math.log((max_position - 1) / mid) * (mid - 1)) + mid
+    return torch.where(abs_pos <= mid, relative_pos, (log_pos.to(relative_pos.dtype) * relative_pos.sign()))
+
+
+def relative_index(query_len: int, key_len: int, config: ModelConfig, device=None) -> tuple[torch.Tensor, int, int]:
+    """Index of each (query i, key j) pair into the relative table, restricted to the rows it can reach.
+
+    Returns (idx [Lq, Lk] long, first_row, num_rows): idx counts from `first_row`, so the caller slices the table
+    to rows [first_row, first_row + num_rows) before projecting it. For short sequences this avoids projecting and
+    multiplying against rows no pair can use (2L-1 rows instead of 512 at L < 128).
+    """
+    span = config.relative_span
+    rel = torch.arange(query_len, device=device)[:, None] - torch.arange(key_len, device=device)[None, :]
+    if config.position_buckets > 0:
+        max_position = config.max_relative_positions if config.max_relative_positions > 0 \
+            else config.max_position_embeddings
+        rel = log_bucket_position(rel, config.position_buckets, max_position)
+    idx = (rel + span).clamp(0, 2 * span - 1)
+    first, last = int(idx.min()), int(idx.max())  # the bucket map is monotone: reachable rows are contiguous
+    return idx - first, first, last - first + 1
+
+
+class DisentangledSelfAttention(nn.Module):
+    """Self-attention over content and relative position (keys `attention.self.*` as in transformers)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        hidden, self.num_heads = config.hidden_size, config.num_attention_heads
+        self.head_size = config.head_size
+        self.query_proj = nn.Linear(hidden, hidden)
+        self.key_proj = nn.Linear(hidden, hidden)
+        self.value_proj = nn.Linear(hidden, hidden)
+        self.relative_attention = config.relative_attention
+        self.pos_terms = [t for t in ("c2p", "p2c") if t in config.pos_att_type] if self.relative_attention else []
+        self.share_att_key = config.share_att_key
+        if self.relative_attention and not self.share_att_key:
+            if "c2p" in self.pos_terms:
+                self.pos_key_proj = nn.Linear(hidden, hidden)
+            if "p2c" in self.pos_terms:
+                self.pos_query_proj = nn.Linear(hidden, hidden)
+        self.pos_dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+        # 1 / sqrt(D * (1 + number of position terms)): each term adds variance, so the scale grows with them.
+        self.scale = 1.0 / math.sqrt(self.head_size * (1 + len(self.pos_terms)))
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., L, H*D] -> [..., H, L, D]."""
+        return x.unflatten(-1, (self.num_heads, self.head_size)).transpose(-3, -2)
+
+    def forward(self, hidden_states: torch.Tensor, key_padding_mask: torch.Tensor,
+                query_states: torch.Tensor | None = None, rel_embeddings: torch.Tensor | None = None,
+                rel_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden_states [B, Lk, HD] give keys and values; query_states [B, Lq, HD] (default: hidden_states).
+
+        key_padding_mask [B, Lk] bool, True at real tokens. rel_embeddings [R, HD] (already normalised and sliced),
+        rel_idx [Lq, Lk] indexes its rows. Returns the context [B, Lq, HD] before the output projection.
+        """
+        if query_states is None:
+            query_states = hidden_states
+        q_BHQD = self._heads(self.query_proj(query_states)) * self.scale
+        k_BHKD = self._heads(self.key_proj(hidden_states))
+        v_BHKD = self._heads(self.value_proj(hidden_states))
+        # Scores are summed and normalised in fp32 whatever the model dtype (official code; fp16/bf16 overflow).
+        scores = torch.matmul(q_BHQD, k_BHKD.transpose(-1, -2)).float()
+        if self.pos_terms:
+            scores = scores + self._position_scores(q_BHQD, k_BHKD, rel_embeddings, rel_idx)
+        scores = scores.masked_fill(~key_padding_mask[:, None, None, :], torch.finfo(scores.dtype).min)
+        probs = self.dropout(torch.softmax(scores, dim=-1).to(v_BHKD.dtype))
+        context = torch.matmul(probs, v_BHKD)
+        return context.transpose(-3, -2).flatten(-2)
+
+    def _position_scores(self, q_BHQD: torch.Tensor, k_BHKD: torch.Tensor, rel_embeddings: torch.Tensor,
+                         rel_idx: torch.Tensor) -> torch.Tensor:
+        """c2p + p2c (eq. 4), already scaled: q arrives scaled, and pos_query is scaled here."""
+        rel = self.pos_dropout(rel_embeddings)
+        B, H, Lq, Lk = q_BHQD.shape[0], self.num_heads, q_BHQD.shape[-2], k_BHKD.shape[-2]
+        out = 0
+        if "c2p" in self.pos_terms:
+            proj = self.key_proj if self.share_att_key else self.pos_key_proj
+            pos_key_HRD = self._heads(proj(rel))
+            c2p_BHQR = torch.matmul(q_BHQD, pos_key_HRD.transpose(-1, -2))
+            out = out + torch.gather(c2p_BHQR, -1, rel_idx.expand(B, H, Lq, Lk)).float()
+        if "p2c" in self.pos_terms:
+            proj = self.query_proj if self.share_att_key else self.pos_query_proj
+            pos_query_HRD = self._heads(proj(rel)) * self.scale
+            p2c_BHKR = torch.matmul(k_BHKD, pos_query_HRD.transpose(-1, -2))
+            # p2c(i, j) = P[j, idx(i, j)]: gather row j with idx transposed, then transpose back to [i, j].
+            p2c_BHKQ = torch.gather(p2c_BHKR, -1, rel_idx.t().expand(B, H, Lk, Lq))
+            out = out + p2c_BHKQ.transpose(-1, -2).float()
+        return out
+
+
+def activation(name: str):
+    """The feed-forward nonlinearity by transformers' name (gelu is the exact erf form, as in HF's ACT2FN)."""
+    return {"gelu": F.gelu, "relu": F.relu, "silu": F.silu, "tanh": torch.tanh,
+            "gelu_new": lambda x: F.gelu(x, approximate="tanh")}[name]

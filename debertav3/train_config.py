@@ -1,0 +1,159 @@
+"""The training schema: one typed tree merged by OmegaConf from defaults, a recipe, a YAML file and `key=value`.
+
+Unknown keys and values of the wrong type fail at load with the key named (OmegaConf structured configs);
+values that are well-typed but wrong (a negative size, an unknown mode) fail in `__post_init__` the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .config import ModelConfig
+
+SHARING_MODES = ("es", "nes", "gdes")
+OBJECTIVES = ("rtd", "mlm")
+MASK_MODES = ("auto", "all_mask", "bert")
+DOCUMENT_MODES = ("blank_line", "line")
+
+
+@dataclass
+class PretrainModelConfig(ModelConfig):
+    """The discriminator's `ModelConfig` plus how the generator and initial weights are derived from it."""
+
+    generator_layers: Optional[int] = None  # default: half the discriminator's depth (DeBERTaV3 paper)
+    init_discriminator: Optional[str] = None  # Hugging Face DebertaV2 directory to continue from
+    init_generator: Optional[str] = None
+
+    def backbone(self) -> ModelConfig:
+        """The plain `ModelConfig` (without the pretraining-only fields)."""
+        fields = ModelConfig.__dataclass_fields__
+        return ModelConfig(**{k: getattr(self, k) for k in fields})
+
+
+@dataclass
+class DataConfig:
+    """Corpus, tokenizer, packing and masking (debertav3.data)."""
+
+    train_files: list[str] = field(default_factory=list)  # empty: the bundled English slice
+    valid_files: list[str] = field(default_factory=list)  # empty: hold out `valid_fraction` of train
+    dataset_name: Optional[str] = None  # a hub dataset, for users who have one (never in tests)
+    dataset_config: Optional[str] = None
+    text_field: str = "text"
+    tokenizer: Optional[str] = None  # directory with spm.model; None: the bundled tokenizer
+    documents: str = "blank_line"  # "blank_line": blank-line separated blocks are documents; "line": each line
+    max_seq_length: int = 512
+    pack_across_documents: bool = False
+    streaming: bool = False
+    num_proc: int = 2
+    valid_fraction: float = 0.01
+    max_valid_blocks: int = 256
+    cache_dir: Optional[str] = None
+    mask_prob: float = 0.15
+    mask_mode: str = "auto"  # auto: all_mask for rtd (official DeBERTaV3), bert (80/10/10) for mlm
+    whole_word_mask: bool = False
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_seq_length < 8:
+            raise ValueError(f"data.max_seq_length must be >= 8, got {self.max_seq_length}")
+        if not 0.0 < self.mask_prob < 1.0:
+            raise ValueError(f"data.mask_prob must be in (0, 1), got {self.mask_prob}")
+        if self.mask_mode not in MASK_MODES:
+            raise ValueError(f"data.mask_mode {self.mask_mode!r} is unknown; use one of {list(MASK_MODES)}")
+        if self.documents not in DOCUMENT_MODES:
+            raise ValueError(f"data.documents {self.documents!r} is unknown; use one of {list(DOCUMENT_MODES)}")
+        if not 0.0 <= self.valid_fraction < 1.0:
+            raise ValueError(f"data.valid_fraction must be in [0, 1), got {self.valid_fraction}")
+        if self.num_proc < 1 or self.num_workers < 0:
+            raise ValueError("data.num_proc must be >= 1 and data.num_workers >= 0")
+
+
+@dataclass
+class RTDConfig:
+    """The objective (debertav3.rtd): sharing mode and loss weight, L = L_MLM + rtd_weight * L_RTD."""
+
+    embedding_sharing: str = "gdes"
+    rtd_weight: float = 50.0
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.embedding_sharing not in SHARING_MODES:
+            raise ValueError(f"rtd.embedding_sharing {self.embedding_sharing!r} is unknown; "
+                             f"use one of {list(SHARING_MODES)}")
+        if self.rtd_weight < 0 or self.temperature <= 0:
+            raise ValueError("rtd.rtd_weight must be >= 0 and rtd.temperature > 0")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup then linear decay (DeBERTaV3 paper; no decay on biases and LayerNorm)."""
+
+    lr: float = 5e-4
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    weight_decay: float = 0.01
+    warmup_steps: int = 10000
+    max_grad_norm: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.eps <= 0 or self.weight_decay < 0 or self.warmup_steps < 0:
+            raise ValueError("optim.lr and optim.eps must be > 0, optim.weight_decay and optim.warmup_steps >= 0")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ValueError("optim.beta1 and optim.beta2 must be in [0, 1)")
+
+
+@dataclass
+class TrainSection:
+    """The loop: sizes, precision, logging, evaluation and checkpoints (debertav3.train)."""
+
+    output_dir: str = "runs/rtd"
+    max_steps: int = 1000
+    batch_size: int = 8  # per process, per micro-step
+    gradient_accumulation_steps: int = 1
+    mixed_precision: str = "auto"  # auto: bf16 on a GPU that has it, else no
+    seed: int = 42
+    log_every: int = 10
+    eval_every: int = 200
+    eval_batches: int = 20
+    embedding_stats_every: int = 100
+    save_every: int = 500
+    keep_last: int = 3
+    resume: str = "auto"  # auto | never | a checkpoint directory
+    compile: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "log_every", "eval_every",
+                     "eval_batches", "embedding_stats_every", "save_every", "keep_last"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"train.{name} must be positive, got {getattr(self, name)}")
+        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+            raise ValueError(f"train.mixed_precision {self.mixed_precision!r} is unknown; use auto, no, bf16 or fp16")
+
+
+@dataclass
+class Config:
+    """Everything one pretraining run needs."""
+
+    objective: str = "rtd"
+    model: PretrainModelConfig = field(default_factory=PretrainModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rtd: RTDConfig = field(default_factory=RTDConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainSection = field(default_factory=TrainSection)
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective {self.objective!r} is unknown; use one of {list(OBJECTIVES)}")
+        if self.data.max_seq_length > self.model.max_position_embeddings:
+            raise ValueError(f"data.max_seq_length ({self.data.max_seq_length}) exceeds "
+                             f"model.max_position_embeddings ({self.model.max_position_embeddings})")
+
+    @property
+    def mask_mode(self) -> str:
+        """The masking actually used: `data.mask_mode`, with `auto` resolved from the objective."""
+        if self.data.mask_mode != "auto":
+            return self.data.mask_mode
+        return "all_mask" if self.objective == "rtd" else "bert"
