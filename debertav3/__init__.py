@@ -3,6 +3,7 @@ embedding sharing) on the DeBERTa disentangled-attention backbone."""
 
 from .config import ModelConfig, generator_config, preset
 from .model import DebertaV3Model
+from .rtd import RTDModel, RTDOutput
 
 __version__ = "0.1.0"
-__all__ = ["DebertaV3Model", "ModelConfig", "generator_config", "preset"]
+__all__ = ["DebertaV3Model", "ModelConfig", "RTDModel", "RTDOutput", "generator_config", "preset"]

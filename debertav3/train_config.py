@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .config import ModelConfig
+from .rtd import SHARING_MODES
 
-SHARING_MODES = ("es", "nes", "gdes")
 OBJECTIVES = ("rtd", "mlm")
 MASK_MODES = ("auto", "all_mask", "bert")
 DOCUMENT_MODES = ("blank_line", "line")

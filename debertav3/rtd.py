@@ -1,0 +1,143 @@
+"""Replaced token detection (ELECTRA, DeBERTaV3): the whole objective in one file.
+
+    generator (half depth, EMD + tied MLM head) fills the masked positions by sampling
+    -> discriminator labels every non-pad token original (0) or replaced (1)
+    L = L_MLM + rtd_weight * L_RTD                          (DeBERTaV3 paper, lambda = 50)
+
+Token embeddings are shared in one of three ways (paper section 3), computed explicitly in `forward`:
+    es    one table E for both; its gradient is dL_MLM/dE + lambda * dL_RTD/dE ("tug of war")
+    nes   separate E_G and E_D; RTD never reaches E_G, MLM never reaches E_D
+    gdes  E_D = sg(E_G) + E_Delta, E_Delta initialised to zeros: MLM updates E_G, RTD updates only E_Delta
+
+`objective="mlm"` is the DeBERTa MLM baseline: one full-depth backbone with the EMD, no discriminator.
+Shape legend: B batch, L length, N masked positions, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .model import MaskedLMModel, ReplacedTokenDetectionModel
+
+SHARING_MODES = ("es", "nes", "gdes")
+IGNORE_INDEX = -100
+
+
+@dataclass
+class RTDOutput:
+    """Losses (with gradient) and detached metrics of one forward pass. RTD fields are None for objective mlm."""
+
+    loss: torch.Tensor
+    mlm_loss: torch.Tensor
+    mlm_accuracy: torch.Tensor
+    rtd_loss: Optional[torch.Tensor] = None
+    rtd_accuracy: Optional[torch.Tensor] = None
+    replaced_fraction: Optional[torch.Tensor] = None
+    precision: Optional[torch.Tensor] = None  # of the "replaced" class
+    recall: Optional[torch.Tensor] = None
+    discriminator_input_ids: Optional[torch.Tensor] = None
+    rtd_labels: Optional[torch.Tensor] = None
+
+    def metrics(self) -> dict[str, float]:
+        """Scalar values for logging (one host sync for all of them)."""
+        names = [n for n in ("loss", "mlm_loss", "mlm_accuracy", "rtd_loss", "rtd_accuracy", "replaced_fraction",
+                             "precision", "recall") if getattr(self, n) is not None]
+        values = torch.stack([getattr(self, n).detach().float() for n in names]).tolist()
+        return dict(zip(names, values))
+
+
+class RTDModel(nn.Module):
+    """Generator + discriminator with switchable embedding sharing.
+
+    `forward(input_ids, attention_mask, labels)`: `input_ids` already masked, `labels` the original ids at masked
+    positions and -100 elsewhere (transformers' convention). `special_token_ids` are never sampled as replacements.
+    """
+
+    def __init__(self, generator_config: ModelConfig, discriminator_config: Optional[ModelConfig] = None,
+                 embedding_sharing: str = "gdes", rtd_weight: float = 50.0, temperature: float = 1.0,
+                 objective: str = "rtd", special_token_ids: Sequence[int] = (0, 1, 2, 3)):
+        super().__init__()
+        if objective not in ("rtd", "mlm"):
+            raise ValueError(f"objective {objective!r} is unknown; use 'rtd' or 'mlm'")
+        if embedding_sharing not in SHARING_MODES:
+            raise ValueError(f"embedding_sharing {embedding_sharing!r} is unknown; use one of {list(SHARING_MODES)}")
+        self.objective, self.embedding_sharing = objective, embedding_sharing
+        self.rtd_weight, self.temperature = rtd_weight, temperature
+        self.generator = MaskedLMModel(generator_config)
+        self.discriminator = None
+        self.embedding_delta = None
+        if objective == "rtd":
+            if discriminator_config is None:
+                raise ValueError("objective 'rtd' needs a discriminator_config")
+            shared = embedding_sharing in ("es", "gdes")
+            if shared and (generator_config.hidden_size, generator_config.vocab_size) != \
+                    (discriminator_config.hidden_size, discriminator_config.vocab_size):
+                raise ValueError(f"embedding_sharing={embedding_sharing} needs the generator and discriminator to "
+                                 "have the same hidden_size and vocab_size; use 'nes' for different widths")
+            self.discriminator = ReplacedTokenDetectionModel(discriminator_config, own_word_embeddings=not shared)
+            if embedding_sharing == "gdes":
+                self.embedding_delta = nn.Parameter(torch.zeros_like(self.generator_embedding))
+        self.register_buffer("special_token_ids", torch.tensor(sorted(set(special_token_ids)), dtype=torch.long),
+                             persistent=False)
+
+    @property
+    def generator_embedding(self) -> nn.Parameter:
+        """E_G, the generator's word embedding Parameter (under es, the one shared table)."""
+        return self.generator.deberta.embeddings.word_embeddings.weight
+
+    def discriminator_embedding(self) -> torch.Tensor:
+        """The effective E_D: E_G (es), the discriminator's own table (nes) or sg(E_G) + E_Delta (gdes)."""
+        if self.embedding_sharing == "es":
+            return self.generator_embedding
+        if self.embedding_sharing == "nes":
+            return self.discriminator.deberta.embeddings.word_embeddings.weight
+        # The stop-gradient is what keeps the RTD loss from pulling on E_G (the paper's "tug of war").
+        return self.generator_embedding.detach() + self.embedding_delta
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                generator: Optional[torch.Generator] = None) -> RTDOutput:
+        masked_BL = labels != IGNORE_INDEX
+        targets_N = labels[masked_BL]
+        logits_NV = self.generator(input_ids, attention_mask, masked_BL, self.generator_embedding)
+        mlm_loss = F.cross_entropy(logits_NV.float(), targets_N)
+        with torch.no_grad():
+            mlm_accuracy = (logits_NV.argmax(-1) == targets_N).float().mean()
+        if self.objective == "mlm":
+            return RTDOutput(loss=mlm_loss, mlm_loss=mlm_loss, mlm_accuracy=mlm_accuracy)
+
+        sampled_N = self.sample(logits_NV.detach(), generator)
+        original_BL = torch.where(masked_BL, labels, input_ids)
+        discriminator_input = input_ids.masked_scatter(masked_BL, sampled_N)
+        real_BL = attention_mask.bool()
+        # A sample equal to the original token is labelled original (ELECTRA, official code).
+        rtd_labels = (discriminator_input != original_BL) & real_BL
+        rtd_logits_BL = self.discriminator(discriminator_input, attention_mask, self.discriminator_embedding())
+        rtd_logits, rtd_targets = rtd_logits_BL[real_BL].float(), rtd_labels[real_BL].float()
+        rtd_loss = F.binary_cross_entropy_with_logits(rtd_logits, rtd_targets)  # mean over all non-pad tokens
+        return RTDOutput(loss=mlm_loss + self.rtd_weight * rtd_loss, mlm_loss=mlm_loss, mlm_accuracy=mlm_accuracy,
+                         rtd_loss=rtd_loss, discriminator_input_ids=discriminator_input, rtd_labels=rtd_labels,
+                         **detection_metrics(rtd_logits.detach(), rtd_targets))
+
+    @torch.no_grad()
+    def sample(self, logits_NV: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Replacements ~ softmax(logits / temperature), special tokens excluded, no gradient (ELECTRA sec. 3.1)."""
+        logits = logits_NV.float() / self.temperature
+        logits[:, self.special_token_ids[self.special_token_ids < logits.shape[-1]]] = float("-inf")
+        return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(-1)
+
+
+def detection_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Accuracy, replaced fraction, and precision / recall of the "replaced" class (0 where undefined)."""
+    predicted = logits > 0
+    actual = targets > 0.5
+    true_positive = (predicted & actual).sum().float()
+    return dict(rtd_accuracy=(predicted == actual).float().mean(),
+                replaced_fraction=actual.float().mean(),
+                precision=true_positive / predicted.sum().clamp(min=1),
+                recall=true_positive / actual.sum().clamp(min=1))

@@ -1,0 +1,169 @@
+"""The RTD objective: gradient flow per sharing mode, labels, sampling, and that it learns."""
+
+import pytest
+import torch
+
+from debertav3 import RTDModel, generator_config, preset
+
+MASK_ID = 999
+SPECIALS = (0, 1, 2, 3, MASK_ID)
+
+
+def make_model(sharing="gdes", rtd_weight=50.0, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    disc = preset("tiny", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return RTDModel(generator_config(disc), disc, embedding_sharing=sharing, rtd_weight=rtd_weight,
+                    special_token_ids=SPECIALS, **kwargs)
+
+
+def make_batch(seed=0, batch=4, length=32, pad_last=10):
+    """[CLS] w ... w [SEP] [PAD]...: 15% of the words masked with [MASK], labels -100 elsewhere."""
+    gen = torch.Generator().manual_seed(seed)
+    original = torch.randint(4, MASK_ID, (batch, length), generator=gen)
+    mask = torch.ones_like(original)
+    original[:, 0] = 1
+    original[:, -1] = 2
+    mask[-1, -pad_last:] = 0
+    original[-1, -pad_last:] = 0
+    original[-1, -pad_last - 1] = 2
+    words = (original > 3) & mask.bool()
+    selected = words & (torch.rand(original.shape, generator=gen) < 0.15)
+    selected[:, 1] = True  # at least one masked position per row
+    labels = torch.where(selected, original, torch.full_like(original, -100))
+    return original.masked_fill(selected, MASK_ID), mask, labels, original
+
+
+def grads_of(model, loss_name, batch, seed=0):
+    model.zero_grad(set_to_none=True)
+    out = model(*batch[:3], generator=torch.Generator().manual_seed(seed))
+    getattr(out, loss_name).backward()
+    return out
+
+
+def is_zero(grad):
+    return grad is None or not grad.any()
+
+
+def test_gdes_delta_starts_at_zero_and_rtd_never_reaches_generator_embedding():
+    model, batch = make_model("gdes"), make_batch()
+    assert model.embedding_delta is not None and not model.embedding_delta.any()
+    grads_of(model, "rtd_loss", batch)
+    assert is_zero(model.generator_embedding.grad)
+    assert not is_zero(model.embedding_delta.grad)
+    grads_of(model, "mlm_loss", batch)
+    assert is_zero(model.embedding_delta.grad)
+    assert not is_zero(model.generator_embedding.grad)
+
+
+def test_gdes_effective_embedding_is_sum_after_optimizer_steps():
+    model, batch = make_model("gdes"), make_batch()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    start = model.generator_embedding.detach().clone()
+    for step in range(3):
+        grads_of(model, "loss", batch, seed=step)
+        optimizer.step()
+    assert model.embedding_delta.abs().sum() > 0
+    assert not torch.equal(model.generator_embedding, start)
+    assert torch.equal(model.discriminator_embedding(), model.generator_embedding + model.embedding_delta)
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_gdes_generator_embedding_update_independent_of_rtd_weight(steps):
+    """A delta that aliased E_D's own weight (a published bug) would make E_G depend on the RTD loss."""
+    updated = []
+    for weight in (0.0, 50.0):
+        model, batch = make_model("gdes", rtd_weight=weight), make_batch()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        for step in range(steps):
+            grads_of(model, "loss", batch, seed=step)
+            optimizer.step()
+        updated.append(model.generator_embedding.detach().clone())
+    assert torch.equal(updated[0], updated[1])
+
+
+def test_es_one_parameter_trained_by_both_losses():
+    model, batch = make_model("es"), make_batch()
+    assert model.discriminator_embedding() is model.generator_embedding
+    assert sum(p is model.generator_embedding for p in model.parameters()) == 1
+    assert model.embedding_delta is None
+    grads_of(model, "rtd_loss", batch)
+    assert not is_zero(model.generator_embedding.grad)
+    grads_of(model, "mlm_loss", batch)
+    assert not is_zero(model.generator_embedding.grad)
+
+
+def test_nes_separate_tables_and_rtd_leaves_generator_embedding_alone():
+    model, batch = make_model("nes"), make_batch()
+    assert model.discriminator_embedding() is not model.generator_embedding
+    grads_of(model, "rtd_loss", batch)
+    assert is_zero(model.generator_embedding.grad)
+    assert not is_zero(model.discriminator_embedding().grad)
+    grads_of(model, "mlm_loss", batch)
+    assert is_zero(model.discriminator_embedding().grad)
+
+
+@pytest.mark.parametrize("sharing", ["es", "nes", "gdes"])
+def test_labels_mark_exactly_the_changed_non_pad_tokens(sharing):
+    model, batch = make_model(sharing), make_batch()
+    _, mask, labels, original = batch
+    out = model(*batch[:3], generator=torch.Generator().manual_seed(1))
+    changed = out.discriminator_input_ids != original
+    masked = labels != -100
+    assert not (changed & ~masked).any(), "replacements outside masked positions"
+    assert torch.equal(out.rtd_labels, changed & mask.bool())
+    assert not out.rtd_labels[mask == 0].any()
+    assert abs(out.replaced_fraction.item() - out.rtd_labels[mask.bool()].float().mean().item()) < 1e-6
+
+
+def test_sampling_follows_softmax_and_skips_special_tokens():
+    model = make_model("gdes", temperature=1.0)
+    logits = torch.full((20000, 1000), -30.0)
+    logits[:, 2] = 10.0  # [SEP] would win every draw if specials were allowed
+    logits[:, 10], logits[:, 11] = 0.0, torch.log(torch.tensor(3.0))
+    draws = model.sample(logits, torch.Generator().manual_seed(0))
+    assert not torch.isin(draws, torch.tensor(SPECIALS)).any()
+    share_11 = (draws == 11).float().mean().item()
+    assert abs(share_11 - 0.75) < 0.02  # p(11) = 3 / (1 + 3)
+
+
+def test_metrics_hand_computed():
+    from debertav3.rtd import detection_metrics
+
+    logits = torch.tensor([2.0, -1.0, 3.0, -2.0, 1.0])
+    targets = torch.tensor([1.0, 1.0, 0.0, 0.0, 1.0])
+    m = detection_metrics(logits, targets)
+    # predicted replaced: 0, 2, 4; true replaced: 0, 1, 4 -> TP 2, precision 2/3, recall 2/3, accuracy 3/5
+    assert m["precision"].item() == pytest.approx(2 / 3)
+    assert m["recall"].item() == pytest.approx(2 / 3)
+    assert m["rtd_accuracy"].item() == pytest.approx(0.6)
+    assert m["replaced_fraction"].item() == pytest.approx(0.6)
+
+
+def test_mlm_objective_has_no_discriminator():
+    torch.manual_seed(0)
+    model = RTDModel(preset("tiny"), objective="mlm")
+    out = model(*make_batch()[:3])
+    assert model.discriminator is None and out.rtd_loss is None
+    assert torch.equal(out.loss, out.mlm_loss)
+
+
+def test_sharing_modes_reject_mismatched_widths():
+    disc = preset("tiny")
+    with pytest.raises(ValueError, match="nes"):
+        RTDModel(generator_config(disc, hidden_size=32), disc, embedding_sharing="gdes")
+    with pytest.raises(ValueError, match="embedding_sharing"):
+        RTDModel(generator_config(disc), disc, embedding_sharing="tied")
+
+
+@pytest.mark.parametrize("sharing", ["es", "nes", "gdes"])
+def test_overfits_one_batch(sharing):
+    model, batch = make_model(sharing), make_batch(batch=8, length=48)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    history = []
+    for step in range(200):
+        out = grads_of(model, "loss", batch, seed=step)
+        optimizer.step()
+        history.append((out.mlm_loss.item(), out.rtd_loss.item()))
+    first = torch.tensor(history[:5]).mean(0)
+    last = torch.tensor(history[-5:]).mean(0)
+    assert (last < first / 2).all(), f"{sharing}: losses {first.tolist()} -> {last.tolist()}"
