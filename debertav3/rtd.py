@@ -101,35 +101,50 @@ class RTDModel(nn.Module):
         return self.generator_embedding.detach() + self.embedding_delta
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
-                generator: Optional[torch.Generator] = None) -> RTDOutput:
+                generator: Optional[torch.Generator] = None, uniforms: Optional[torch.Tensor] = None,
+                denominators: Optional[tuple[float, float]] = None) -> RTDOutput:
+        """`uniforms` [N] in (0, 1] drive the sampling (default: drawn from `generator`); `denominators` =
+        (masked positions, non-pad tokens) to divide the summed losses by (default: this batch's counts).
+        The trainer passes both from the global batch so that any number of processes gives the same step."""
         masked_BL = labels != IGNORE_INDEX
         targets_N = labels[masked_BL]
+        real_BL = attention_mask.bool()
+        num_masked, num_tokens = denominators or (targets_N.numel(), real_BL.sum())
         logits_NV = self.generator(input_ids, attention_mask, masked_BL, self.generator_embedding)
-        mlm_loss = F.cross_entropy(logits_NV.float(), targets_N)
+        mlm_loss = F.cross_entropy(logits_NV.float(), targets_N, reduction="sum") / num_masked
         with torch.no_grad():
             mlm_accuracy = (logits_NV.argmax(-1) == targets_N).float().mean()
         if self.objective == "mlm":
             return RTDOutput(loss=mlm_loss, mlm_loss=mlm_loss, mlm_accuracy=mlm_accuracy)
 
-        sampled_N = self.sample(logits_NV.detach(), generator)
+        if uniforms is None:
+            uniforms = 1.0 - torch.rand(targets_N.shape, generator=generator, device=targets_N.device)
+        sampled_N = self.sample(logits_NV.detach(), uniforms)
         original_BL = torch.where(masked_BL, labels, input_ids)
         discriminator_input = input_ids.masked_scatter(masked_BL, sampled_N)
-        real_BL = attention_mask.bool()
         # A sample equal to the original token is labelled original (ELECTRA, official code).
         rtd_labels = (discriminator_input != original_BL) & real_BL
         rtd_logits_BL = self.discriminator(discriminator_input, attention_mask, self.discriminator_embedding())
         rtd_logits, rtd_targets = rtd_logits_BL[real_BL].float(), rtd_labels[real_BL].float()
-        rtd_loss = F.binary_cross_entropy_with_logits(rtd_logits, rtd_targets)  # mean over all non-pad tokens
+        # BCE averaged over all non-pad tokens, [CLS] and [SEP] included (official code).
+        rtd_loss = F.binary_cross_entropy_with_logits(rtd_logits, rtd_targets, reduction="sum") / num_tokens
         return RTDOutput(loss=mlm_loss + self.rtd_weight * rtd_loss, mlm_loss=mlm_loss, mlm_accuracy=mlm_accuracy,
                          rtd_loss=rtd_loss, discriminator_input_ids=discriminator_input, rtd_labels=rtd_labels,
                          **detection_metrics(rtd_logits.detach(), rtd_targets))
 
     @torch.no_grad()
-    def sample(self, logits_NV: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Replacements ~ softmax(logits / temperature), special tokens excluded, no gradient (ELECTRA sec. 3.1)."""
+    def sample(self, logits_NV: torch.Tensor, uniforms_N: torch.Tensor) -> torch.Tensor:
+        """Replacements ~ softmax(logits / temperature), special tokens excluded, no gradient (ELECTRA sec. 3.1).
+
+        Inverse-CDF sampling: token i is drawn when cdf[i-1] < u * cdf[-1] <= cdf[i], u in (0, 1]. A token of zero
+        probability (a special token) can therefore never be drawn, and one uniform per position makes the draw
+        independent of how the batch is split across processes.
+        """
         logits = logits_NV.float() / self.temperature
         logits[:, self.special_token_ids[self.special_token_ids < logits.shape[-1]]] = float("-inf")
-        return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(-1)
+        cdf = torch.softmax(logits, dim=-1).cumsum_(dim=-1)
+        threshold = (uniforms_N.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
+        return torch.searchsorted(cdf, threshold).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
 
 
 def detection_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -120,7 +120,7 @@ def test_sampling_follows_softmax_and_skips_special_tokens():
     logits = torch.full((20000, 1000), -30.0)
     logits[:, 2] = 10.0  # [SEP] would win every draw if specials were allowed
     logits[:, 10], logits[:, 11] = 0.0, torch.log(torch.tensor(3.0))
-    draws = model.sample(logits, torch.Generator().manual_seed(0))
+    draws = model.sample(logits, 1.0 - torch.rand(20000, generator=torch.Generator().manual_seed(0)))
     assert not torch.isin(draws, torch.tensor(SPECIALS)).any()
     share_11 = (draws == 11).float().mean().item()
     assert abs(share_11 - 0.75) < 0.02  # p(11) = 3 / (1 + 3)
@@ -167,3 +167,19 @@ def test_overfits_one_batch(sharing):
     first = torch.tensor(history[:5]).mean(0)
     last = torch.tensor(history[-5:]).mean(0)
     assert (last < first / 2).all(), f"{sharing}: losses {first.tolist()} -> {last.tolist()}"
+
+
+def test_split_batch_with_global_denominators_equals_whole_batch():
+    """What data parallelism relies on: halves with shared uniforms and global counts average to the whole."""
+    model, batch = make_model("gdes"), make_batch(batch=4)
+    ids, mask, labels, _ = batch
+    masked = labels != -100
+    uniforms = torch.rand(int(masked.sum()), generator=torch.Generator().manual_seed(3))
+    whole = model(ids, mask, labels, uniforms=uniforms)
+    split = int(masked[:2].sum())
+    halves = [model(ids[rows], mask[rows], labels[rows], uniforms=u,
+                    denominators=(masked.sum().item() / 2, mask.sum().item() / 2))
+              for rows, u in ((slice(0, 2), uniforms[:split]), (slice(2, 4), uniforms[split:]))]
+    for name in ("loss", "mlm_loss", "rtd_loss"):
+        mean_of_halves = (getattr(halves[0], name) + getattr(halves[1], name)) / 2
+        assert torch.allclose(mean_of_halves, getattr(whole, name), atol=1e-6), name
