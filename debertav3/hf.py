@@ -132,3 +132,30 @@ def save_backbone(model, path: str | os.PathLike) -> None:
     state = {k: v for k, v in model.state_dict().items()
              if not (k == "embeddings.position_embeddings.weight" and not model.config.position_biased_input)}
     write_hf_directory(path, config_to_hf(model.config, ["DebertaV2Model"]), state)
+
+
+def load_rtd_weights(model, discriminator_dir: str | None, generator_dir: str | None) -> None:
+    """Initialise an `RTDModel` from released checkpoints (continued pretraining).
+
+    The generator loads backbone, MLM head and EMD position table where present. The discriminator's word
+    embeddings E_D are mapped onto the sharing mode: nes loads them as they are; gdes keeps E_G and sets
+    E_Delta = E_D - E_G, so the effective E_D equals the checkpoint's; es (one table) takes E_D when no
+    generator checkpoint supplies E_G.
+    """
+    if generator_dir:
+        load_weights(model.generator, generator_dir)
+    if not discriminator_dir or model.discriminator is None:
+        return
+    load_weights(model.discriminator, discriminator_dir)
+    if model.embedding_sharing == "nes":
+        return
+    state = read_state_dict(discriminator_dir)
+    key = next((k for k in ("deberta.embeddings.word_embeddings.weight", "embeddings.word_embeddings.weight")
+                if k in state), None)
+    if key is None:
+        raise CheckpointError(f"{discriminator_dir} has no word embeddings (embeddings.word_embeddings.weight)")
+    with torch.no_grad():
+        if model.embedding_sharing == "gdes":
+            model.embedding_delta.copy_(state[key] - model.generator_embedding)
+        elif not generator_dir:
+            model.generator_embedding.copy_(state[key])

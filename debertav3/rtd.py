@@ -156,3 +156,18 @@ def detection_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, 
                 replaced_fraction=actual.float().mean(),
                 precision=true_positive / predicted.sum().clamp(min=1),
                 recall=true_positive / actual.sum().clamp(min=1))
+
+
+@torch.no_grad()
+def average_pairwise_cosine(table: torch.Tensor) -> float:
+    """Mean cos(e_i, e_j) over pairs i != j of non-zero rows (paper fig. 2's embedding-coherence measure).
+
+    With unit rows u_i: sum_{i != j} u_i . u_j = |sum_i u_i|^2 - n, so this is O(V * H), not O(V^2 * H).
+    """
+    rows = table.float()
+    rows = rows[rows.norm(dim=-1) > 0]
+    n = rows.shape[0]
+    if n < 2:
+        return 0.0
+    total = F.normalize(rows, dim=-1).sum(0)
+    return ((total.dot(total) - n) / (n * (n - 1))).item()

@@ -1,0 +1,87 @@
+"""Deterministic global micro-batches: the same blocks, masks and samples whatever the number of processes.
+
+Micro-batch k of the run is a pure function of (seed, k): map-style datasets are visited in a fresh seeded
+permutation every epoch, streaming ones in file order (restarting when exhausted). Every process builds the whole
+global micro-batch, masks it with a generator seeded by (seed, k), draws the sampling uniforms from the same
+generator, and keeps its own rows. Hence:
+  - resuming needs only k (the data position) to continue exactly where the run stopped;
+  - 2 processes x batch b see exactly what 1 process x batch 2b sees (losses use global denominators).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+
+from ..data import Masker, pad_blocks
+
+
+@dataclass
+class MicroBatch:
+    """One process's share of a global micro-batch, plus the global counts its losses are divided by."""
+
+    inputs: dict[str, torch.Tensor]  # input_ids, attention_mask, labels, uniforms
+    denominators: tuple[float, float]  # (masked positions, non-pad tokens) of the global batch / processes
+    global_tokens: int
+
+    def to(self, device) -> "MicroBatch":
+        return MicroBatch({k: v.to(device, non_blocking=True) for k, v in self.inputs.items()},
+                          self.denominators, self.global_tokens)
+
+
+def micro_batch_seed(seed: int, position: int) -> int:
+    return seed * 1_000_003 + position
+
+
+class BlockSource:
+    """Blocks of the training set in a fixed order that depends only on the seed."""
+
+    def __init__(self, dataset, seed: int, streaming: bool):
+        self.dataset, self.seed, self.streaming = dataset, seed, streaming
+        self._epoch, self._order, self._stream, self._stream_position = -1, None, None, 0
+
+    def blocks(self, start: int, count: int) -> list:
+        """Blocks number start .. start + count - 1 of the infinite sequence (epochs concatenated)."""
+        return self._streamed(start, count) if self.streaming else [self._indexed(i) for i in range(start, start + count)]
+
+    def _indexed(self, position: int):
+        size = len(self.dataset)
+        epoch, offset = divmod(position, size)
+        if epoch != self._epoch:
+            self._epoch = epoch
+            self._order = torch.randperm(size, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
+        return self.dataset[self._order[offset]]
+
+    def _streamed(self, start: int, count: int) -> list:
+        if self._stream is None or start < self._stream_position:
+            # (Re)open and skip to `start`: on resume this replays the consumed blocks' reading once.
+            self._stream = itertools.chain.from_iterable(itertools.repeat(self.dataset))
+            self._stream = itertools.islice(self._stream, start, None)
+            self._stream_position = start
+        elif start > self._stream_position:
+            self._stream = itertools.islice(self._stream, start - self._stream_position, None)
+            self._stream_position = start
+        out = list(itertools.islice(self._stream, count))
+        self._stream_position += len(out)
+        return out
+
+
+def make_micro_batch(blocks: list, masker: Masker, pad_id: int, seed: int, process_index: int,
+                     num_processes: int) -> MicroBatch:
+    """Pad, mask and draw sampling uniforms for the global micro-batch, then keep this process's rows."""
+    batch = pad_blocks(blocks, pad_id)
+    generator = torch.Generator().manual_seed(seed)
+    input_ids, labels = masker(batch["input_ids"], batch["attention_mask"], generator)
+    masked = labels != -100
+    uniforms = 1.0 - torch.rand(int(masked.sum()), generator=generator)  # in (0, 1], see RTDModel.sample
+    per_process = len(blocks) // num_processes
+    rows = slice(process_index * per_process, (process_index + 1) * per_process)
+    masked_before = masked.sum(dim=1).cumsum(0)
+    first = int(masked_before[rows.start - 1]) if rows.start > 0 else 0
+    last = int(masked_before[rows.stop - 1])
+    num_tokens = int(batch["attention_mask"].sum())
+    inputs = dict(input_ids=input_ids[rows], attention_mask=batch["attention_mask"][rows], labels=labels[rows],
+                  uniforms=uniforms[first:last])
+    return MicroBatch(inputs, (int(masked.sum()) / num_processes, num_tokens / num_processes), num_tokens)

@@ -1,0 +1,218 @@
+"""The pretraining loop: accelerate setup, optimisation, logging, evaluation, checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from omegaconf import OmegaConf
+from tqdm.auto import tqdm
+
+from ..config import generator_config
+from ..data import Masker, Tokenizer, build_datasets
+from ..hf import CheckpointError, load_rtd_weights
+from ..rtd import RTDModel, average_pairwise_cosine
+from ..train_config import Config
+from .batches import BlockSource, make_micro_batch, micro_batch_seed
+from .checkpoint import (CONFIG_FILE, read_state, remove_stale_temporaries, resolve_resume,
+                         save_checkpoint)
+from .cli import to_yaml
+from .optim import build_optimizer, linear_schedule
+
+
+class UserError(ValueError):
+    """A problem with the user's input or environment, reported as one line."""
+
+
+def resolve_precision(requested: str) -> str:
+    """`auto`: bf16 on a GPU that supports it (fp32 accumulation in attention, see model/attention.py), else fp32."""
+    if requested != "auto":
+        return requested
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def build_model(cfg: Config, tokenizer: Tokenizer) -> RTDModel:
+    disc = cfg.model.backbone()
+    gen = generator_config(disc, cfg.model.generator_layers) if cfg.objective == "rtd" else disc
+    model = RTDModel(gen, disc if cfg.objective == "rtd" else None, cfg.rtd.embedding_sharing, cfg.rtd.rtd_weight,
+                     cfg.rtd.temperature, cfg.objective, tokenizer.special_ids)
+    load_rtd_weights(model, cfg.model.init_discriminator, cfg.model.init_generator)
+    return model
+
+
+def check_resume_compatible(checkpoint: Path, cfg: Config) -> None:
+    """Resuming with another architecture or objective would silently load mismatched state: refuse."""
+    saved = OmegaConf.load(checkpoint / CONFIG_FILE)
+    current = OmegaConf.structured(cfg)
+    for section in ("model", "rtd.embedding_sharing", "objective", "data.max_seq_length"):
+        old, new = OmegaConf.select(saved, section), OmegaConf.select(current, section)
+        if section == "model":
+            old = {k: v for k, v in old.items() if not k.startswith("init_")}
+            new = {k: v for k, v in new.items() if not k.startswith("init_")}
+        if old != new:
+            raise UserError(f"{checkpoint} was trained with a different {section}; resume with the same config, "
+                            "or start afresh with a new train.output_dir or train.resume=never")
+
+
+def embedding_statistics(model: RTDModel, vocab_size: int) -> dict[str, float]:
+    """Average pairwise cosine similarity of E_G, E_D (and E_Delta): the paper's tug-of-war diagnostic (fig. 2)."""
+    tables = {"embeddings/cosine_E_G": model.generator_embedding}
+    if model.discriminator is not None:
+        tables["embeddings/cosine_E_D"] = model.discriminator_embedding()
+    if model.embedding_delta is not None:
+        tables["embeddings/cosine_E_Delta"] = model.embedding_delta
+    return {name: average_pairwise_cosine(table.detach()[:vocab_size]) for name, table in tables.items()}
+
+
+class Trainer:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.out = Path(cfg.train.output_dir)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            probe = self.out / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            raise UserError(f"train.output_dir {self.out} is not writable ({exc.strerror}); choose another") from None
+        self.accelerator = Accelerator(mixed_precision=resolve_precision(cfg.train.mixed_precision),
+                                       log_with="tensorboard", project_dir=str(self.out))
+        set_seed(cfg.train.seed)
+        try:
+            self.tokenizer = Tokenizer.load(cfg.data.tokenizer)
+            self.tokenizer.check_fits(cfg.model.vocab_size)
+            model = build_model(cfg, self.tokenizer)
+            self.train_set, self.valid_set = build_datasets(cfg.data, self.tokenizer, cfg.train.seed)
+        except (CheckpointError, ValueError, FileNotFoundError) as exc:
+            raise UserError(str(exc)) from None
+        self.masker = Masker(self.tokenizer, cfg.data.mask_prob, cfg.mask_mode, cfg.data.whole_word_mask)
+        self.source = BlockSource(self.train_set, cfg.train.seed, cfg.data.streaming)
+        optimizer = build_optimizer(model, cfg.optim)
+        self.scheduler = linear_schedule(optimizer, cfg.optim.warmup_steps, cfg.train.max_steps)
+        if cfg.train.compile:
+            model = torch.compile(model)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        # Not prepared: accelerate would step a prepared scheduler once per process.
+        self.accelerator.register_for_checkpointing(self.scheduler)
+        self.step, self.tokens_seen = 0, 0
+
+    @property
+    def raw_model(self) -> RTDModel:
+        return self.accelerator.unwrap_model(self.model)
+
+    def micro_batch(self, position: int, blocks: list):
+        acc = self.accelerator
+        return make_micro_batch(blocks, self.masker, self.tokenizer.pad_id, micro_batch_seed(self.cfg.train.seed,
+                                position), acc.process_index, acc.num_processes).to(acc.device)
+
+    def resume(self) -> None:
+        remove_stale_temporaries(self.out)
+        checkpoint = resolve_resume(self.out, self.cfg.train.resume)
+        if checkpoint is None:
+            return
+        check_resume_compatible(checkpoint, self.cfg)
+        self.accelerator.load_state(str(checkpoint))
+        state = read_state(checkpoint)
+        self.step, self.tokens_seen = state["step"], state["tokens_seen"]
+        self.accelerator.print(f"resumed from {checkpoint} at step {self.step}")
+
+    def train_step(self) -> dict[str, float]:
+        """One optimiser step over `gradient_accumulation_steps` global micro-batches."""
+        cfg, acc = self.cfg.train, self.accelerator
+        global_batch = cfg.batch_size * acc.num_processes
+        totals: dict[str, float] = {}
+        self.model.train()
+        for micro in range(cfg.gradient_accumulation_steps):
+            position = self.step * cfg.gradient_accumulation_steps + micro
+            batch = self.micro_batch(position, self.source.blocks(position * global_batch, global_batch))
+            last = micro == cfg.gradient_accumulation_steps - 1
+            with contextlib.nullcontext() if last else acc.no_sync(self.model):
+                out = self.model(**batch.inputs, denominators=batch.denominators)
+                acc.backward(out.loss / cfg.gradient_accumulation_steps)
+            for name, value in out.metrics().items():
+                totals[name] = totals.get(name, 0.0) + value / cfg.gradient_accumulation_steps
+            self.tokens_seen += batch.global_tokens
+        grad_norm = acc.clip_grad_norm_(self.model.parameters(), self.cfg.optim.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        totals["grad_norm"] = float(grad_norm)
+        return totals
+
+    def reduce(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Mean over processes (every process calls this at the same steps)."""
+        if self.accelerator.num_processes == 1:
+            return metrics
+        values = torch.tensor(list(metrics.values()), device=self.accelerator.device)
+        return dict(zip(metrics, self.accelerator.reduce(values, "mean").tolist()))
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Metrics on the held-out blocks, with the same masks every time (seeded by the batch number)."""
+        model, cfg = self.raw_model, self.cfg.train
+        model.eval()
+        global_batch = cfg.batch_size * self.accelerator.num_processes
+        totals, count = {}, 0
+        for i, start in enumerate(range(0, len(self.valid_set) - global_batch + 1, global_batch)):
+            if i == cfg.eval_batches:
+                break
+            blocks = [self.valid_set[j] for j in range(start, start + global_batch)]
+            batch = self.micro_batch(-1 - i, blocks)
+            out = model(**batch.inputs, denominators=batch.denominators)
+            for name, value in out.metrics().items():
+                totals[name] = totals.get(name, 0.0) + value
+            count += 1
+        return {f"eval/{k}": v / count for k, v in self.reduce(totals).items()} if count else {}
+
+    def save(self) -> None:
+        state = {"step": self.step, "tokens_seen": self.tokens_seen,
+                 "data_position": self.step * self.cfg.train.gradient_accumulation_steps}
+        save_checkpoint(self.accelerator, self.out, self.step, state, to_yaml(self.cfg), self.tokenizer,
+                        self.cfg.train.keep_last)
+
+    def run(self, stop_after_steps: int | None = None) -> dict[str, float]:
+        cfg, acc = self.cfg.train, self.accelerator
+        self.resume()
+        acc.print(to_yaml(self.cfg))
+        acc.init_trackers("tensorboard", config={"objective": self.cfg.objective,
+                                                 "embedding_sharing": self.cfg.rtd.embedding_sharing,
+                                                 "rtd_weight": self.cfg.rtd.rtd_weight, "lr": self.cfg.optim.lr})
+        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (acc.is_main_process and cfg.progress),
+                   desc="pretraining", unit="step", dynamic_ncols=True)
+        window_start, window_tokens, logged = time.perf_counter(), self.tokens_seen, {}
+        stop_at = cfg.max_steps if stop_after_steps is None else min(cfg.max_steps, self.step + stop_after_steps)
+        while self.step < stop_at:
+            metrics = self.train_step()
+            bar.update(1)
+            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                elapsed = time.perf_counter() - window_start
+                logged = self.reduce(metrics)
+                logged.update(lr=self.scheduler.get_last_lr()[0], tokens_per_second=(
+                    self.tokens_seen - window_tokens) / max(elapsed, 1e-9), tokens_seen=float(self.tokens_seen))
+                window_start, window_tokens = time.perf_counter(), self.tokens_seen
+                acc.log({f"train/{k}": v for k, v in logged.items()}, step=self.step)
+                bar.set_postfix(loss=f"{logged['loss']:.3f}", tok_s=f"{logged['tokens_per_second']:.0f}")
+            if self.step % cfg.embedding_stats_every == 0 and acc.is_main_process:
+                acc.log(embedding_statistics(self.raw_model, self.tokenizer.vocab_size), step=self.step)
+            if self.step % cfg.eval_every == 0 or self.step == cfg.max_steps:
+                evaluation = self.evaluate()
+                acc.log(evaluation, step=self.step)
+                logged.update(evaluation)
+            if self.step % cfg.save_every == 0 or self.step == stop_at:
+                self.save()
+        bar.close()
+        acc.end_training()
+        return logged
+
+
+def train(cfg: Config, stop_after_steps: int | None = None) -> dict[str, float]:
+    """Train as configured (resuming per `train.resume`); returns the last logged metrics.
+
+    `stop_after_steps` ends this run early, right after a checkpoint, as a preempted job would (tests use it).
+    """
+    return Trainer(cfg).run(stop_after_steps)

@@ -1,0 +1,21 @@
+"""RTD pretraining, deberta-v3-base: discriminator 768 x 12 layers, generator 768 x 6 (the released model's sizes).
+
+    accelerate launch recipes/rtd_base.py [--config file.yaml] [key=value ...]
+
+Paper settings: global batch 8192 x 512 tokens, lr 5e-4, 10k warmup steps, 500k steps. Set the global batch with
+train.batch_size (per process) x processes x train.gradient_accumulation_steps. Without data.train_files it
+trains on the bundled English slice with the bundled 8k tokenizer (real DeBERTa-v3 vocabulary size is kept).
+"""
+
+from debertav3.config import PRESETS
+from debertav3.train import main
+
+RECIPE = {
+    "model": dict(PRESETS["base"]),  # generator: same width, half the depth (model.generator_layers)
+    "optim": {"lr": 5e-4, "warmup_steps": 10000},
+    "train": {"output_dir": "runs/rtd_base", "batch_size": 8, "max_steps": 500000, "save_every": 2000,
+              "eval_every": 2000},
+}
+
+if __name__ == "__main__":
+    main(RECIPE, description=__doc__)

@@ -1,0 +1,94 @@
+"""Config schema: presets, validation, OmegaConf overrides, and that every recipe loads."""
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from debertav3 import ModelConfig, generator_config, preset
+from debertav3.config import PRESETS
+from debertav3.train import load_config
+from debertav3.train.cli import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "recipes").glob("rtd_*.py"))
+
+
+def test_presets_have_released_sizes():
+    expected = {"xsmall": (384, 12, 6, 1536), "small": (768, 6, 12, 3072), "base": (768, 12, 12, 3072),
+                "large": (1024, 24, 16, 4096)}
+    for name, (hidden, layers, heads, inter) in expected.items():
+        cfg = preset(name)
+        assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.intermediate_size) == \
+            (hidden, layers, heads, inter)
+        assert cfg.head_size == 64 and cfg.vocab_size == 128100 and cfg.position_buckets == 256
+        assert cfg.pos_att_type == ["p2c", "c2p"] and cfg.share_att_key and cfg.norm_rel_ebd == "layer_norm"
+        assert generator_config(cfg).num_hidden_layers == layers // 2
+        assert generator_config(cfg).hidden_size == hidden
+
+
+@pytest.mark.parametrize("changes,match", [
+    (dict(hidden_size=100, num_attention_heads=3), "divisible"),
+    (dict(pos_att_type=["c2p", "p2p"]), "pos_att_type"),
+    (dict(num_hidden_layers=0), "num_hidden_layers"),
+    (dict(vocab_size=-5), "vocab_size"),
+    (dict(norm_rel_ebd="rms"), "norm_rel_ebd"),
+    (dict(hidden_act="swish2"), "hidden_act"),
+    (dict(hidden_dropout_prob=1.5), "hidden_dropout_prob"),
+])
+def test_model_config_rejects_bad_values_in_one_line(changes, match):
+    with pytest.raises(ValueError, match=match) as info:
+        ModelConfig(**changes)
+    assert "\n" not in str(info.value)
+
+
+def test_pos_att_type_accepts_hf_string_form():
+    assert ModelConfig(pos_att_type="p2c|c2p").pos_att_type == ["p2c", "c2p"]
+
+
+def test_overrides_merge_in_order(tmp_path):
+    yaml = tmp_path / "extra.yaml"
+    yaml.write_text("train:\n  max_steps: 7\n  batch_size: 3\n")
+    cfg = load_config({"train": {"max_steps": 5}}, str(yaml), ["train.batch_size=4", "rtd.embedding_sharing=es",
+                                                               "data.train_files=[a.txt,b.txt]"])
+    assert cfg.train.max_steps == 7 and cfg.train.batch_size == 4
+    assert cfg.rtd.embedding_sharing == "es" and cfg.data.train_files == ["a.txt", "b.txt"]
+    assert cfg.mask_mode == "all_mask" and load_config(None, None, ["objective=mlm"]).mask_mode == "bert"
+
+
+@pytest.mark.parametrize("override,match", [
+    ("train.max_stepz=3", "train.max_stepz"),
+    ("train.max_steps=many", "train.max_steps"),
+    ("rtd.embedding_sharing=tied", "embedding_sharing"),
+    ("model.hidden_size=100", "divisible"),
+    ("train.batch_size=0", "train.batch_size"),
+    ("data.max_seq_length=1024", "max_position_embeddings"),
+    ("objective=clm", "objective"),
+    ("max_steps", "key=value"),
+])
+def test_bad_overrides_fail_naming_the_key(override, match):
+    with pytest.raises(ConfigError, match=match) as info:
+        load_config(None, None, [override])
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
+def test_every_recipe_loads(recipe):
+    spec = importlib.util.spec_from_file_location(recipe.stem, recipe)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cfg = load_config(module.RECIPE)
+    size = recipe.stem.split("_")[1]
+    if size in PRESETS and size != "tiny":
+        assert cfg.model.hidden_size == PRESETS[size]["hidden_size"]
+        assert generator_config(cfg.model.backbone()).num_hidden_layers == PRESETS[size]["num_hidden_layers"] // 2
+
+
+def test_command_line_error_is_one_line_and_nonzero():
+    result = subprocess.run([sys.executable, str(ROOT / "recipes" / "rtd_tiny.py"), "train.nope=1"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "train.nope" in result.stderr
+    assert "Traceback" not in result.stderr
