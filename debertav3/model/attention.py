@@ -71,7 +71,7 @@ class DisentangledSelfAttention(nn.Module):
             if "p2c" in self.pos_terms:
                 self.pos_query_proj = nn.Linear(hidden, hidden)
         self.pos_dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+        self.dropout_prob = config.attention_probs_dropout_prob
         # 1 / sqrt(D * (1 + number of position terms)): each term adds variance, so the scale grows with them.
         self.scale = 1.0 / math.sqrt(self.head_size * (1 + len(self.pos_terms)))
 
@@ -85,31 +85,36 @@ class DisentangledSelfAttention(nn.Module):
         """hidden_states [B, Lk, HD] give keys and values; query_states [B, Lq, HD] (default: hidden_states).
 
         key_padding_mask [B, Lk] bool, True at real tokens. rel_embeddings [R, HD] (already normalised and sliced),
-        rel_idx [Lq, Lk] indexes its rows. Returns the context [B, Lq, HD] before the output projection.
+        rel_idx [Lq, Lk] (or per sequence [B, 1, Lq, Lk]) indexes its rows. Returns the context [B, Lq, HD]
+        before the output projection.
         """
         if query_states is None:
             query_states = hidden_states
-        q_BHQD = self._heads(self.query_proj(query_states)) * self.scale
+        q_BHQD = self._heads(self.query_proj(query_states))
         k_BHKD = self._heads(self.key_proj(hidden_states))
         v_BHKD = self._heads(self.value_proj(hidden_states))
-        # Scores are summed and normalised in fp32 whatever the model dtype (official code; fp16/bf16 overflow).
-        scores = torch.matmul(q_BHQD, k_BHKD.transpose(-1, -2)).float()
+        # The position terms enter as an additive bias of fused attention (PyTorch SDPA), which computes
+        # softmax(q k^T * scale + bias) with fp32 accumulation and never stores the [B, H, Lq, Lk] probabilities.
+        # The bias itself is summed in fp32 and rounded once to the model dtype (official code: fp32 scores).
+        keep_BK = key_padding_mask[:, None, None, :]
         if self.pos_terms:
-            scores = scores + self._position_scores(q_BHQD, k_BHKD, rel_embeddings, rel_idx)
-        scores = scores.masked_fill(~key_padding_mask[:, None, None, :], torch.finfo(scores.dtype).min)
-        probs = self.dropout(torch.softmax(scores, dim=-1).to(v_BHKD.dtype))
-        context = torch.matmul(probs, v_BHKD)
+            bias = self._position_bias(q_BHQD, k_BHKD, rel_embeddings, rel_idx)
+            bias = bias.masked_fill(~keep_BK, torch.finfo(bias.dtype).min).to(q_BHQD.dtype)
+        else:
+            bias = keep_BK
+        context = F.scaled_dot_product_attention(q_BHQD, k_BHKD, v_BHKD, attn_mask=bias, scale=self.scale,
+                                                 dropout_p=self.dropout_prob if self.training else 0.0)
         return context.transpose(-3, -2).flatten(-2)
 
-    def _position_scores(self, q_BHQD: torch.Tensor, k_BHKD: torch.Tensor, rel_embeddings: torch.Tensor,
-                         rel_idx: torch.Tensor) -> torch.Tensor:
-        """c2p + p2c (eq. 4), already scaled: q arrives scaled, and pos_query is scaled here."""
+    def _position_bias(self, q_BHQD: torch.Tensor, k_BHKD: torch.Tensor, rel_embeddings: torch.Tensor,
+                       rel_idx: torch.Tensor) -> torch.Tensor:
+        """(c2p + p2c) * scale in fp32 (eq. 4): the scale is folded into the small projected position tables."""
         rel = self.pos_dropout(rel_embeddings)
         B, H, Lq, Lk = q_BHQD.shape[0], self.num_heads, q_BHQD.shape[-2], k_BHKD.shape[-2]
         out = 0
         if "c2p" in self.pos_terms:
             proj = self.key_proj if self.share_att_key else self.pos_key_proj
-            pos_key_HRD = self._heads(proj(rel))
+            pos_key_HRD = self._heads(proj(rel)) * self.scale
             c2p_BHQR = torch.matmul(q_BHQD, pos_key_HRD.transpose(-1, -2))
             out = out + torch.gather(c2p_BHQR, -1, rel_idx.expand(B, H, Lq, Lk)).float()
         if "p2c" in self.pos_terms:
@@ -117,7 +122,7 @@ class DisentangledSelfAttention(nn.Module):
             pos_query_HRD = self._heads(proj(rel)) * self.scale
             p2c_BHKR = torch.matmul(k_BHKD, pos_query_HRD.transpose(-1, -2))
             # p2c(i, j) = P[j, idx(i, j)]: gather row j with idx transposed, then transpose back to [i, j].
-            p2c_BHKQ = torch.gather(p2c_BHKR, -1, rel_idx.t().expand(B, H, Lk, Lq))
+            p2c_BHKQ = torch.gather(p2c_BHKR, -1, rel_idx.transpose(-1, -2).expand(B, H, Lk, Lq))
             out = out + p2c_BHKQ.transpose(-1, -2).float()
         return out
 

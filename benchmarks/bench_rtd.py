@@ -1,0 +1,194 @@
+"""Our RTD training step against one assembled from transformers parts, side by side in one run.
+
+The baseline is what a user without debertav3 would write: generator `DebertaV2ForMaskedLM` at half depth,
+discriminator `DebertaV2ForTokenClassification` (1 label), one shared word-embedding table, replacements sampled
+from the generator's softmax, loss = MLM + 50 * BCE over non-pad tokens, AdamW. Ours is `RTDModel` (GDES) with
+the same shapes, one AdamW step per iteration. The two steps alternate after warm-up; each figure is the median.
+
+    python benchmarks/bench_rtd.py --seq 128 --batch 16 --output results.json
+
+Reports tokens/s of each and their ratio, model FLOPs per token (counted by torch's FlopCounterMode over one
+forward + backward), achieved FLOP/s, utilisation against a fp32 GEMM peak measured in the same run, and the peak
+RSS of each step, each measured in a child process of its own (RSS only grows, so one process cannot tell two).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import platform
+import resource
+import statistics
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from debertav3 import RTDModel, generator_config
+from debertav3.config import ModelConfig
+
+MASK_ID, SPECIALS = 4, (0, 1, 2, 3, 4)
+
+
+def model_config(args) -> ModelConfig:
+    """The issue's shapes: hidden 256, 6 layers, 4 heads, intermediate 1024, v3 attention, vocab 32000."""
+    return ModelConfig(vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
+                       num_attention_heads=args.heads, intermediate_size=4 * args.hidden)
+
+
+def make_batch(args, seed: int = 0) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    original = torch.randint(10, args.vocab, (args.batch, args.seq), generator=gen)
+    original[:, 0], original[:, -1] = 1, 2
+    selected = (torch.rand(original.shape, generator=gen) < 0.15)
+    selected[:, 0] = selected[:, -1] = False
+    return dict(input_ids=original.masked_fill(selected, MASK_ID), attention_mask=torch.ones_like(original),
+                labels=original.masked_fill(~selected, -100))
+
+
+class OurStep:
+    def __init__(self, args):
+        disc = model_config(args)
+        self.model = RTDModel(generator_config(disc), disc, "gdes", special_token_ids=SPECIALS)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+
+    def loss(self, batch):
+        return self.model(**batch).loss
+
+    def __call__(self, batch):
+        self.optimizer.zero_grad(set_to_none=True)
+        self.loss(batch).backward()
+        self.optimizer.step()
+
+
+class TransformersStep:
+    def __init__(self, args):
+        import transformers
+
+        from debertav3.hf import config_to_hf
+
+        disc = model_config(args)
+        as_hf = lambda cfg, **kw: transformers.DebertaV2Config(**config_to_hf(cfg, [], **kw))  # noqa: E731
+        self.generator = transformers.DebertaV2ForMaskedLM(as_hf(generator_config(disc)))
+        self.discriminator = transformers.DebertaV2ForTokenClassification(as_hf(disc, num_labels=1))
+        self.discriminator.deberta.embeddings.word_embeddings = self.generator.deberta.embeddings.word_embeddings
+        params = {id(p): p for m in (self.generator, self.discriminator) for p in m.parameters()}
+        self.optimizer = torch.optim.AdamW(params.values(), lr=1e-4)
+        self.special = torch.tensor(SPECIALS)
+
+    def loss(self, batch):
+        ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+        gen_out = self.generator(input_ids=ids, attention_mask=mask, labels=labels)
+        masked = labels != -100
+        with torch.no_grad():
+            logits = gen_out.logits[masked].float()
+            logits[:, self.special] = float("-inf")
+            sampled = torch.multinomial(torch.softmax(logits, -1), 1).squeeze(-1)
+            disc_ids = ids.clone()
+            disc_ids[masked] = sampled
+            original = torch.where(masked, labels, ids)
+            rtd_labels = (disc_ids != original).float()
+        rtd_logits = self.discriminator(input_ids=disc_ids, attention_mask=mask).logits.squeeze(-1)
+        rtd = torch.nn.functional.binary_cross_entropy_with_logits(rtd_logits[mask.bool()], rtd_labels[mask.bool()])
+        return gen_out.loss + 50.0 * rtd
+
+    def __call__(self, batch):
+        self.optimizer.zero_grad(set_to_none=True)
+        self.loss(batch).backward()
+        self.optimizer.step()
+
+
+STEPS = {"ours": OurStep, "transformers": TransformersStep}
+
+
+def gemm_peak(seconds: float = 3.0, size: int = 2048) -> float:
+    """Best fp32 matrix-multiply rate (FLOP/s) over repeated 2048^3 products."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    best, end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = max(best, 2 * size ** 3 / (time.perf_counter() - start))
+    return best
+
+
+def flops_per_token(step, batch, tokens: int) -> float:
+    with FlopCounterMode(display=False) as counter:
+        step.loss(batch).backward()
+    return counter.get_total_flops() / tokens
+
+
+def _peak_rss_child(name, args, queue):
+    torch.manual_seed(0)
+    step, batch = STEPS[name](args), make_batch(args)
+    for _ in range(3):
+        step(batch)
+    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+
+
+def peak_rss(name: str, args) -> int:
+    ctx = mp.get_context("spawn")  # a fresh interpreter: its RSS is this step's alone
+    queue = ctx.Queue()
+    child = ctx.Process(target=_peak_rss_child, args=(name, args, queue))
+    child.start()
+    value = queue.get()
+    child.join()
+    return value
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--rounds", type=int, default=5, help="timed steps of each, alternating")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS children")
+    parser.add_argument("--output", help="write the results as JSON here")
+    args = parser.parse_args(argv)
+
+    torch.manual_seed(0)
+    batch, tokens = make_batch(args), args.batch * args.seq
+    steps = {name: cls(args) for name, cls in STEPS.items()}
+    peak = gemm_peak()
+    flops = {name: flops_per_token(step, batch, tokens) for name, step in steps.items()}
+    for step in steps.values():
+        for _ in range(args.warmup):
+            step(batch)
+    times = {name: [] for name in steps}
+    for _ in range(args.rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step(batch)
+            times[name].append(time.perf_counter() - start)
+    result = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+              "torch": torch.__version__, "shape": vars(args), "gemm_peak_flops": peak}
+    for name in steps:
+        rate = tokens / statistics.median(times[name])
+        result[name] = {"tokens_per_second": rate, "flops_per_token": flops[name],
+                        "achieved_flops": rate * flops[name], "utilisation": rate * flops[name] / peak}
+        if not args.no_memory:
+            result[name]["peak_rss_bytes"] = peak_rss(name, args)
+    result["speedup"] = result["ours"]["tokens_per_second"] / result["transformers"]["tokens_per_second"]
+    if not args.no_memory:
+        result["memory_ratio"] = result["ours"]["peak_rss_bytes"] / result["transformers"]["peak_rss_bytes"]
+    print(f"seq {args.seq} x batch {args.batch}, GEMM peak {peak / 1e9:.0f} GFLOP/s")
+    for name in steps:
+        r = result[name]
+        memory = f", peak RSS {r['peak_rss_bytes'] / 2**30:.2f} GiB" if "peak_rss_bytes" in r else ""
+        print(f"  {name:>12}: {r['tokens_per_second']:8.0f} tokens/s, {r['flops_per_token'] / 1e6:6.1f} MFLOP/token, "
+              f"{r['achieved_flops'] / 1e9:6.1f} GFLOP/s ({100 * r['utilisation']:.0f}% of peak){memory}")
+    print(f"  ours / transformers: {result['speedup']:.2f}x tokens/s"
+          + (f", {result['memory_ratio']:.2f}x peak memory" if "memory_ratio" in result else ""))
+    if args.output:
+        with open(args.output, "w") as fh:
+            json.dump(result, fh, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()
