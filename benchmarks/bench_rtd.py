@@ -27,6 +27,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from debertav3 import RTDModel, generator_config
 from debertav3.config import ModelConfig
+from debertav3.train.optim import build_optimizer
+from debertav3.train_config import OptimConfig
 
 MASK_ID, SPECIALS = 4, (0, 1, 2, 3, 4)
 
@@ -51,7 +53,7 @@ class OurStep:
     def __init__(self, args):
         disc = model_config(args)
         self.model = RTDModel(generator_config(disc), disc, "gdes", special_token_ids=SPECIALS)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+        self.optimizer = build_optimizer(self.model, OptimConfig(lr=1e-4, warmup_steps=0))
 
     def loss(self, batch):
         return self.model(**batch).loss

@@ -44,12 +44,15 @@ class RTDOutput:
     discriminator_input_ids: Optional[torch.Tensor] = None
     rtd_labels: Optional[torch.Tensor] = None
 
+    def metric_tensors(self) -> dict[str, torch.Tensor]:
+        """Detached scalar tensors, for accumulating without a host sync."""
+        names = ("loss", "mlm_loss", "mlm_accuracy", "rtd_loss", "rtd_accuracy", "replaced_fraction", "precision",
+                 "recall")
+        return {n: getattr(self, n).detach().float() for n in names if getattr(self, n) is not None}
+
     def metrics(self) -> dict[str, float]:
         """Scalar values for logging (one host sync for all of them)."""
-        names = [n for n in ("loss", "mlm_loss", "mlm_accuracy", "rtd_loss", "rtd_accuracy", "replaced_fraction",
-                             "precision", "recall") if getattr(self, n) is not None]
-        values = torch.stack([getattr(self, n).detach().float() for n in names]).tolist()
-        return dict(zip(names, values))
+        return to_floats(self.metric_tensors())
 
 
 class RTDModel(nn.Module):
@@ -145,6 +148,11 @@ class RTDModel(nn.Module):
         cdf = torch.softmax(logits, dim=-1).cumsum_(dim=-1)
         threshold = (uniforms_N.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
         return torch.searchsorted(cdf, threshold).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
+
+
+def to_floats(tensors: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Scalar tensors to floats with a single host sync."""
+    return dict(zip(tensors, torch.stack(list(tensors.values())).tolist())) if tensors else {}
 
 
 def detection_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:

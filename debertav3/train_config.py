@@ -123,12 +123,16 @@ class TrainSection:
     resume: str = "auto"  # auto | never | a checkpoint directory
     compile: bool = False
     progress: bool = True
+    nonfinite: str = "skip"  # non-finite gradients: skip the update and count it, or stop after saving
+
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "log_every", "eval_every",
                      "eval_batches", "embedding_stats_every", "save_every", "keep_last"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"train.{name} must be positive, got {getattr(self, name)}")
+        if self.nonfinite not in ("skip", "stop"):
+            raise ValueError(f"train.nonfinite {self.nonfinite!r} is unknown; use skip or stop")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ValueError(f"train.mixed_precision {self.mixed_precision!r} is unknown; use auto, no, bf16 or fp16")
 

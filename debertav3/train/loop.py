@@ -22,6 +22,7 @@ from .checkpoint import (CONFIG_FILE, read_state, remove_stale_temporaries, reso
                          save_checkpoint)
 from .cli import to_yaml
 from .optim import build_optimizer, linear_schedule
+from .signals import StopRequests
 
 
 class UserError(ValueError):
@@ -98,7 +99,7 @@ class Trainer:
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         # Not prepared: accelerate would step a prepared scheduler once per process.
         self.accelerator.register_for_checkpointing(self.scheduler)
-        self.step, self.tokens_seen = 0, 0
+        self.step, self.tokens_seen, self.skipped_steps = 0, 0, 0
 
     @property
     def raw_model(self) -> RTDModel:
@@ -118,13 +119,14 @@ class Trainer:
         self.accelerator.load_state(str(checkpoint))
         state = read_state(checkpoint)
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
+        self.skipped_steps = state.get("skipped_steps", 0)
         self.accelerator.print(f"resumed from {checkpoint} at step {self.step}")
 
-    def train_step(self) -> dict[str, float]:
-        """One optimiser step over `gradient_accumulation_steps` global micro-batches."""
+    def train_step(self) -> dict[str, torch.Tensor]:
+        """One optimiser step over `gradient_accumulation_steps` global micro-batches (metrics stay on device)."""
         cfg, acc = self.cfg.train, self.accelerator
         global_batch = cfg.batch_size * acc.num_processes
-        totals: dict[str, float] = {}
+        totals: dict[str, torch.Tensor] = {}
         self.model.train()
         for micro in range(cfg.gradient_accumulation_steps):
             position = self.step * cfg.gradient_accumulation_steps + micro
@@ -133,23 +135,37 @@ class Trainer:
             with contextlib.nullcontext() if last else acc.no_sync(self.model):
                 out = self.model(**batch.inputs, denominators=batch.denominators)
                 acc.backward(out.loss / cfg.gradient_accumulation_steps)
-            for name, value in out.metrics().items():
+            for name, value in out.metric_tensors().items():
                 totals[name] = totals.get(name, 0.0) + value / cfg.gradient_accumulation_steps
             self.tokens_seen += batch.global_tokens
         grad_norm = acc.clip_grad_norm_(self.model.parameters(), self.cfg.optim.max_grad_norm)
-        self.optimizer.step()
+        # The one host sync of a step: an update from non-finite gradients would ruin the parameters. The norm is
+        # computed from all-reduced gradients, so every process takes the same decision.
+        finite = bool(torch.isfinite(grad_norm))
+        if finite:
+            self.optimizer.step()
+        elif cfg.nonfinite == "stop":
+            self.optimizer.zero_grad(set_to_none=True)
+            self.save()  # the state before this step: the last good one
+            raise UserError(f"non-finite gradients at step {self.step + 1} (train.nonfinite=stop); saved the last "
+                            f"good state in {self.out / 'checkpoints'}; lower optim.lr or use mixed_precision=no")
+        else:
+            self.skipped_steps += 1
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        totals["grad_norm"] = float(grad_norm)
+        totals["grad_norm"] = grad_norm.detach().float()
+        totals["skipped_steps"] = torch.tensor(float(self.skipped_steps))
         return totals
 
-    def reduce(self, metrics: dict[str, float]) -> dict[str, float]:
-        """Mean over processes (every process calls this at the same steps)."""
-        if self.accelerator.num_processes == 1:
-            return metrics
-        values = torch.tensor(list(metrics.values()), device=self.accelerator.device)
-        return dict(zip(metrics, self.accelerator.reduce(values, "mean").tolist()))
+    def reduce(self, metrics: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Means over processes as floats (every process calls this at the same steps): one sync for all."""
+        if not metrics:
+            return {}
+        values = torch.stack([torch.as_tensor(v, device=self.accelerator.device) for v in metrics.values()])
+        if self.accelerator.num_processes > 1:
+            values = self.accelerator.reduce(values, "mean")
+        return dict(zip(metrics, values.tolist()))
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -164,16 +180,33 @@ class Trainer:
             blocks = [self.valid_set[j] for j in range(start, start + global_batch)]
             batch = self.micro_batch(-1 - i, blocks)
             out = model(**batch.inputs, denominators=batch.denominators)
-            for name, value in out.metrics().items():
+            for name, value in out.metric_tensors().items():
                 totals[name] = totals.get(name, 0.0) + value
             count += 1
-        return {f"eval/{k}": v / count for k, v in self.reduce(totals).items()} if count else {}
+        return {f"eval/{k}": v / count for k, v in self.reduce(totals).items()}
 
     def save(self) -> None:
-        state = {"step": self.step, "tokens_seen": self.tokens_seen,
+        state = {"step": self.step, "tokens_seen": self.tokens_seen, "skipped_steps": self.skipped_steps,
                  "data_position": self.step * self.cfg.train.gradient_accumulation_steps}
         save_checkpoint(self.accelerator, self.out, self.step, state, to_yaml(self.cfg), self.tokenizer,
                         self.cfg.train.keep_last)
+
+    def stop_requested(self, stops: StopRequests) -> bool:
+        """Whether any process received SIGTERM / SIGINT (all processes must stop at the same step)."""
+        flag = stops.received is not None
+        if self.accelerator.num_processes > 1:
+            flag = bool(self.accelerator.reduce(torch.tensor(float(flag), device=self.accelerator.device), "sum"))
+        return flag
+
+    def log_step(self, metrics: dict[str, torch.Tensor], window: list) -> dict[str, float]:
+        """Reduce, log and show this step's metrics with tokens/s over the window since the last log."""
+        elapsed = time.perf_counter() - window[0]
+        logged = self.reduce(metrics)
+        logged.update(lr=self.scheduler.get_last_lr()[0], tokens_seen=float(self.tokens_seen),
+                      tokens_per_second=(self.tokens_seen - window[1]) / max(elapsed, 1e-9))
+        window[:] = [time.perf_counter(), self.tokens_seen]
+        self.accelerator.log({f"train/{k}": v for k, v in logged.items()}, step=self.step)
+        return logged
 
     def run(self, stop_after_steps: int | None = None) -> dict[str, float]:
         cfg, acc = self.cfg.train, self.accelerator
@@ -184,27 +217,28 @@ class Trainer:
                                                  "rtd_weight": self.cfg.rtd.rtd_weight, "lr": self.cfg.optim.lr})
         bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (acc.is_main_process and cfg.progress),
                    desc="pretraining", unit="step", dynamic_ncols=True)
-        window_start, window_tokens, logged = time.perf_counter(), self.tokens_seen, {}
+        window, logged = [time.perf_counter(), self.tokens_seen], {}
         stop_at = cfg.max_steps if stop_after_steps is None else min(cfg.max_steps, self.step + stop_after_steps)
-        while self.step < stop_at:
-            metrics = self.train_step()
-            bar.update(1)
-            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
-                elapsed = time.perf_counter() - window_start
-                logged = self.reduce(metrics)
-                logged.update(lr=self.scheduler.get_last_lr()[0], tokens_per_second=(
-                    self.tokens_seen - window_tokens) / max(elapsed, 1e-9), tokens_seen=float(self.tokens_seen))
-                window_start, window_tokens = time.perf_counter(), self.tokens_seen
-                acc.log({f"train/{k}": v for k, v in logged.items()}, step=self.step)
-                bar.set_postfix(loss=f"{logged['loss']:.3f}", tok_s=f"{logged['tokens_per_second']:.0f}")
-            if self.step % cfg.embedding_stats_every == 0 and acc.is_main_process:
-                acc.log(embedding_statistics(self.raw_model, self.tokenizer.vocab_size), step=self.step)
-            if self.step % cfg.eval_every == 0 or self.step == cfg.max_steps:
-                evaluation = self.evaluate()
-                acc.log(evaluation, step=self.step)
-                logged.update(evaluation)
-            if self.step % cfg.save_every == 0 or self.step == stop_at:
-                self.save()
+        with StopRequests() as stops:
+            while self.step < stop_at:
+                metrics = self.train_step()
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                    logged = self.log_step(metrics, window)
+                    bar.set_postfix(loss=f"{logged['loss']:.3f}", tok_s=f"{logged['tokens_per_second']:.0f}")
+                if self.step % cfg.embedding_stats_every == 0 and acc.is_main_process:
+                    acc.log(embedding_statistics(self.raw_model, self.tokenizer.vocab_size), step=self.step)
+                if self.step % cfg.eval_every == 0 or self.step == cfg.max_steps:
+                    evaluation = self.evaluate()
+                    acc.log(evaluation, step=self.step)
+                    logged.update(evaluation)
+                stopping = self.stop_requested(stops)
+                if self.step % cfg.save_every == 0 or self.step == stop_at or stopping:
+                    self.save()
+                if stopping:
+                    acc.print(f"received {stops.received or 'a stop request'}: saved step {self.step} in "
+                              f"{self.out / 'checkpoints'}; continue with train.resume=auto")
+                    break
         bar.close()
         acc.end_training()
         return logged
