@@ -67,21 +67,28 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, state
         fsync_tree(tmp)
         atomic_write_text(tmp / STATE_FILE, json.dumps(state, indent=2))  # last: marks the directory complete
         if final.exists():  # the same step saved again (e.g. the end of a resumed run)
-            shutil.rmtree(final)
+            discard(final)
         os.replace(tmp, final)
         fsync_directory(root)
         for old in complete_checkpoints(output_dir)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+            discard(old)
     accelerator.wait_for_everyone()
     return final
 
 
+def discard(checkpoint: Path) -> None:
+    """Rename first, then delete: a crash mid-delete must not leave a partial `step-*` that still looks complete."""
+    doomed = checkpoint.with_name(f".{checkpoint.name}.old")
+    os.replace(checkpoint, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
 def remove_stale_temporaries(output_dir: str | os.PathLike) -> None:
-    """Delete temporary checkpoint directories a crash left behind (never loadable, only taking space)."""
+    """Delete what a crash left behind while writing or deleting a checkpoint (never loadable, only taking space)."""
     root = checkpoint_root(output_dir)
     if root.is_dir():
-        for tmp in root.glob(".step-*.tmp"):
-            shutil.rmtree(tmp, ignore_errors=True)
+        for leftover in [*root.glob(".step-*.tmp"), *root.glob(".step-*.old")]:
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def read_state(checkpoint: Path) -> dict:

@@ -112,7 +112,10 @@ class Trainer:
 
     def resume(self) -> None:
         remove_stale_temporaries(self.out)
-        checkpoint = resolve_resume(self.out, self.cfg.train.resume)
+        try:
+            checkpoint = resolve_resume(self.out, self.cfg.train.resume)
+        except FileNotFoundError as exc:
+            raise UserError(str(exc)) from None
         if checkpoint is None:
             return
         check_resume_compatible(checkpoint, self.cfg)
@@ -188,8 +191,14 @@ class Trainer:
     def save(self) -> None:
         state = {"step": self.step, "tokens_seen": self.tokens_seen, "skipped_steps": self.skipped_steps,
                  "data_position": self.step * self.cfg.train.gradient_accumulation_steps}
-        save_checkpoint(self.accelerator, self.out, self.step, state, to_yaml(self.cfg), self.tokenizer,
-                        self.cfg.train.keep_last)
+        try:
+            save_checkpoint(self.accelerator, self.out, self.step, state, to_yaml(self.cfg), self.tokenizer,
+                            self.cfg.train.keep_last)
+        except OSError as exc:  # disk full, quota, permissions: the earlier checkpoints are untouched
+            remove_stale_temporaries(self.out)
+            raise UserError(f"could not write checkpoint step {self.step} in {self.out / 'checkpoints'} "
+                            f"({exc.strerror or exc}); free space or choose another train.output_dir, then "
+                            "resume with train.resume=auto") from None
 
     def stop_requested(self, stops: StopRequests) -> bool:
         """Whether any process received SIGTERM / SIGINT (all processes must stop at the same step)."""
