@@ -87,7 +87,8 @@ class Trainer:
             self.tokenizer = Tokenizer.load(cfg.data.tokenizer)
             self.tokenizer.check_fits(cfg.model.vocab_size)
             model = build_model(cfg, self.tokenizer)
-            self.train_set, self.valid_set = build_datasets(cfg.data, self.tokenizer, cfg.train.seed)
+            with self.accelerator.main_process_first():  # one process tokenizes; the others read its cache
+                self.train_set, self.valid_set = build_datasets(cfg.data, self.tokenizer, cfg.train.seed)
         except (CheckpointError, ValueError, FileNotFoundError) as exc:
             raise UserError(str(exc)) from None
         self.masker = Masker(self.tokenizer, cfg.data.mask_prob, cfg.mask_mode, cfg.data.whole_word_mask)
