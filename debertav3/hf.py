@@ -16,6 +16,7 @@ This module does not import transformers: it reads and writes the files directly
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from torch import nn
 from .config import ModelConfig
 from .io_utils import atomic_directory
 
+logger = logging.getLogger(__name__)
 BACKBONE_PREFIX = "deberta."
 RENAMED_KEYS = {"mask_predictions.classifer.weight": "mask_predictions.classifier.weight",
                 "mask_predictions.classifer.bias": "mask_predictions.classifier.bias"}
@@ -84,18 +86,20 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return {RENAMED_KEYS.get(k, k): v for k, v in state.items()}
 
 
-def load_weights(module: nn.Module, path: str | os.PathLike, required_prefix: str = "deberta.") -> list[str]:
+def load_weights(module: nn.Module, path: str | os.PathLike, required_prefix: str = "deberta.",
+                 optional: tuple[str, ...] = ()) -> list[str]:
     """Copy a HF checkpoint's weights into a module named like a transformers head model (`deberta.*`, heads).
 
-    Bare `DebertaV2Model` keys get the `deberta.` prefix. Every key of `module` under `required_prefix` must be
-    present with the right shape; other missing keys (a head the checkpoint lacks) are returned for logging.
+    Bare `DebertaV2Model` keys get the `deberta.` prefix. Every key of `module` under `required_prefix` but not
+    in `optional` must be present with the right shape; the missing ones (a head or table the checkpoint lacks)
+    keep their initialisation and are returned.
     """
     state = read_state_dict(path)
     if not any(k.startswith(BACKBONE_PREFIX) for k in state):
         state = {BACKBONE_PREFIX + k: v for k, v in state.items()}
     own = module.state_dict()
     missing = [k for k in own if k not in state]
-    required = [k for k in missing if k.startswith(required_prefix)]
+    required = [k for k in missing if k.startswith(required_prefix) and k not in optional]
     if required:
         raise CheckpointError(f"{path} lacks {len(required)} weights the model needs (e.g. {required[0]}); "
                               "is it a DeBERTa-v2/v3 checkpoint of the same architecture?")
@@ -134,6 +138,17 @@ def save_backbone(model, path: str | os.PathLike) -> None:
     write_hf_directory(path, config_to_hf(model.config, ["DebertaV2Model"]), state)
 
 
+def _load_named(module: nn.Module, path: str, setting: str) -> None:
+    # transformers drops the EMD's absolute position table when it saves a ForMaskedLM: start it afresh then.
+    try:
+        missing = load_weights(module, path, optional=("deberta.embeddings.position_embeddings.weight",))
+    except CheckpointError as exc:
+        raise CheckpointError(f"{setting}: {exc}") from None
+    if missing:
+        logger.warning("%s=%s: %d weights not in the checkpoint keep their initialisation: %s", setting, path,
+                       len(missing), ", ".join(missing))
+
+
 def load_rtd_weights(model, discriminator_dir: str | None, generator_dir: str | None) -> None:
     """Initialise an `RTDModel` from released checkpoints (continued pretraining).
 
@@ -143,10 +158,10 @@ def load_rtd_weights(model, discriminator_dir: str | None, generator_dir: str | 
     generator checkpoint supplies E_G.
     """
     if generator_dir:
-        load_weights(model.generator, generator_dir)
+        _load_named(model.generator, generator_dir, "model.init_generator")
     if not discriminator_dir or model.discriminator is None:
         return
-    load_weights(model.discriminator, discriminator_dir)
+    _load_named(model.discriminator, discriminator_dir, "model.init_discriminator")
     if model.embedding_sharing == "nes":
         return
     state = read_state_dict(discriminator_dir)

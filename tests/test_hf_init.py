@@ -1,0 +1,51 @@
+"""Continued pretraining: RTDModel initialised from Hugging Face directories, in every sharing mode."""
+
+import pytest
+import torch
+
+from debertav3 import DebertaV3Model, RTDModel, generator_config, preset
+from debertav3.hf import CheckpointError, config_to_hf, load_rtd_weights
+
+transformers = pytest.importorskip("transformers", reason="transformers writes the reference checkpoints")
+
+
+@pytest.fixture(scope="module")
+def released(tmp_path_factory):
+    """A discriminator (DebertaV2Model) and a generator (DebertaV2ForMaskedLM, legacy=False), random weights."""
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("released")
+    disc_cfg = preset("tiny")
+    disc = DebertaV3Model(disc_cfg)
+    with torch.no_grad():
+        disc.embeddings.word_embeddings.weight.normal_()
+    disc.save_hf(root / "disc")
+    gen_cfg = generator_config(disc_cfg)
+    gen = transformers.DebertaV2ForMaskedLM(
+        transformers.DebertaV2Config(**config_to_hf(gen_cfg, ["DebertaV2ForMaskedLM"])))
+    gen.save_pretrained(root / "gen")
+    return root, disc, gen
+
+
+@pytest.mark.parametrize("sharing", ["es", "nes", "gdes"])
+def test_init_from_released_checkpoints(released, sharing):
+    root, disc, gen = released
+    disc_cfg = preset("tiny")
+    model = RTDModel(generator_config(disc_cfg), disc_cfg, embedding_sharing=sharing)
+    load_rtd_weights(model, str(root / "disc"), str(root / "gen"))
+    gen_state = gen.state_dict()
+    assert torch.equal(model.generator_embedding, gen_state["deberta.embeddings.word_embeddings.weight"])
+    assert torch.equal(model.generator.lm_predictions["lm_head"].dense.weight,
+                       gen_state["lm_predictions.lm_head.dense.weight"])
+    assert torch.equal(model.discriminator.deberta.encoder.layer[1].output.dense.weight,
+                       disc.encoder.layer[1].output.dense.weight)
+    expected_e_d = gen_state["deberta.embeddings.word_embeddings.weight"] if sharing == "es" \
+        else disc.embeddings.word_embeddings.weight
+    assert torch.allclose(model.discriminator_embedding(), expected_e_d, atol=1e-6)
+
+
+def test_init_rejects_an_architecture_mismatch(released):
+    root, _, _ = released
+    other = preset("tiny", intermediate_size=128)
+    model = RTDModel(generator_config(other), other)
+    with pytest.raises(CheckpointError, match="model.init_discriminator"):
+        load_rtd_weights(model, str(root / "disc"), None)
