@@ -90,37 +90,44 @@ class DisentangledSelfAttention(nn.Module):
         """
         if query_states is None:
             query_states = hidden_states
-        q_BHQD = self._heads(self.query_proj(query_states))
-        k_BHKD = self._heads(self.key_proj(hidden_states))
-        v_BHKD = self._heads(self.value_proj(hidden_states))
+        q_BQX, k_BKX = self.query_proj(query_states), self.key_proj(hidden_states)
         # The position terms enter as an additive bias of fused attention (PyTorch SDPA), which computes
-        # softmax(q k^T * scale + bias) with fp32 accumulation and never stores the [B, H, Lq, Lk] probabilities.
-        # The bias itself is summed in fp32 and rounded once to the model dtype (official code: fp32 scores).
+        # softmax(q k^T * scale + bias) with fp32 accumulation and, on GPU, never stores the [B, H, Lq, Lk]
+        # probabilities. The bias is summed in fp32 and rounded once to the model dtype (official code: fp32).
         keep_BK = key_padding_mask[:, None, None, :]
         if self.pos_terms:
-            bias = self._position_bias(q_BHQD, k_BHKD, rel_embeddings, rel_idx)
-            bias = bias.masked_fill(~keep_BK, torch.finfo(bias.dtype).min).to(q_BHQD.dtype)
+            bias = self._position_bias(q_BQX, k_BKX, rel_embeddings, rel_idx)
+            bias = bias.masked_fill(~keep_BK, torch.finfo(bias.dtype).min).to(q_BQX.dtype)
         else:
             bias = keep_BK
-        context = F.scaled_dot_product_attention(q_BHQD, k_BHKD, v_BHKD, attn_mask=bias, scale=self.scale,
-                                                 dropout_p=self.dropout_prob if self.training else 0.0)
+        context = F.scaled_dot_product_attention(
+            self._heads(q_BQX), self._heads(k_BKX), self._heads(self.value_proj(hidden_states)), attn_mask=bias,
+            scale=self.scale, dropout_p=self.dropout_prob if self.training else 0.0)
         return context.transpose(-3, -2).flatten(-2)
 
-    def _position_bias(self, q_BHQD: torch.Tensor, k_BHKD: torch.Tensor, rel_embeddings: torch.Tensor,
+    def _per_head(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, L, H*D] -> [H, B*L, D] (a view): one large product per head instead of B*H small ones."""
+        return x.reshape(-1, self.num_heads, self.head_size).transpose(0, 1)
+
+    def _against_table(self, x_BLX: torch.Tensor, table_RX: torch.Tensor) -> torch.Tensor:
+        """x . table^T per head, [B, H, L, R]; table already scaled."""
+        B, L, _ = x_BLX.shape
+        out_HNR = torch.bmm(self._per_head(x_BLX), self._per_head(table_RX).transpose(1, 2))
+        return out_HNR.view(self.num_heads, B, L, -1).transpose(0, 1)
+
+    def _position_bias(self, q_BQX: torch.Tensor, k_BKX: torch.Tensor, rel_embeddings: torch.Tensor,
                        rel_idx: torch.Tensor) -> torch.Tensor:
         """(c2p + p2c) * scale in fp32 (eq. 4): the scale is folded into the small projected position tables."""
         rel = self.pos_dropout(rel_embeddings)
-        B, H, Lq, Lk = q_BHQD.shape[0], self.num_heads, q_BHQD.shape[-2], k_BHKD.shape[-2]
+        B, H, Lq, Lk = q_BQX.shape[0], self.num_heads, q_BQX.shape[1], k_BKX.shape[1]
         out = 0
         if "c2p" in self.pos_terms:
             proj = self.key_proj if self.share_att_key else self.pos_key_proj
-            pos_key_HRD = self._heads(proj(rel)) * self.scale
-            c2p_BHQR = torch.matmul(q_BHQD, pos_key_HRD.transpose(-1, -2))
+            c2p_BHQR = self._against_table(q_BQX, proj(rel) * self.scale)
             out = out + torch.gather(c2p_BHQR, -1, rel_idx.expand(B, H, Lq, Lk)).float()
         if "p2c" in self.pos_terms:
             proj = self.query_proj if self.share_att_key else self.pos_query_proj
-            pos_query_HRD = self._heads(proj(rel)) * self.scale
-            p2c_BHKR = torch.matmul(k_BHKD, pos_query_HRD.transpose(-1, -2))
+            p2c_BHKR = self._against_table(k_BKX, proj(rel) * self.scale)
             # p2c(i, j) = P[j, idx(i, j)]: gather row j with idx transposed, then transpose back to [i, j].
             p2c_BHKQ = torch.gather(p2c_BHKR, -1, rel_idx.transpose(-1, -2).expand(B, H, Lk, Lq))
             out = out + p2c_BHKQ.transpose(-1, -2).float()
