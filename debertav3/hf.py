@@ -6,7 +6,7 @@ Our module and parameter names are transformers' names, so the key map is a matt
 |-------------------------------------|------------------------------------------------|
 | `DebertaV3Model`: `embeddings.*`, `encoder.*` | `DebertaV2Model`: same; head models: `deberta.` + same |
 | generator: `lm_predictions.lm_head.*` | `DebertaV2ForMaskedLM` with `legacy: false`: same |
-| discriminator: `mask_predictions.*`   | ignored by transformers on load (kept for our API) |
+| discriminator: `mask_predictions.*`   | exported to `rtd_head.safetensors` (debertav3.export): inside model.safetensors, transformers' base and sequence classes report them as unexpected |
 | generator: `deberta.embeddings.position_embeddings.weight` (EMD only) | ignored by transformers on load |
 
 The official checkpoints spell the RTD classifier `mask_predictions.classifer`; it is read as `classifier`.
@@ -29,6 +29,7 @@ from .io_utils import atomic_directory
 
 logger = logging.getLogger(__name__)
 BACKBONE_PREFIX = "deberta."
+RTD_HEAD_FILE = "rtd_head.safetensors"  # the RTD head of a discriminator exported by debertav3.export
 RENAMED_KEYS = {"mask_predictions.classifer.weight": "mask_predictions.classifier.weight",
                 "mask_predictions.classifer.bias": "mask_predictions.classifier.bias"}
 # transformers' defaults for keys a config.json may omit (they differ from the v3 values we default to).
@@ -72,7 +73,8 @@ def read_config(path: str | os.PathLike) -> ModelConfig:
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Weights from model.safetensors, a sharded safetensors index, or pytorch_model.bin (official names fixed)."""
+    """Weights from model.safetensors, a sharded safetensors index, or pytorch_model.bin (official names fixed),
+    plus the RTD head of an exported discriminator (rtd_head.safetensors) where present."""
     path = Path(path)
     if (path / "model.safetensors").is_file():
         state = load_file(path / "model.safetensors")
@@ -83,6 +85,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
     else:
         raise CheckpointError(f"no model.safetensors or pytorch_model.bin in {path}; is it a model directory?")
+    if (path / RTD_HEAD_FILE).is_file():
+        state.update(load_file(path / RTD_HEAD_FILE))
     return {RENAMED_KEYS.get(k, k): v for k, v in state.items()}
 
 

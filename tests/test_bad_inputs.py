@@ -2,7 +2,6 @@
 and nothing lost or half-written. docs/reliability.md lists each case with its message."""
 
 import errno
-import gzip
 import os
 from pathlib import Path
 
@@ -12,11 +11,10 @@ from safetensors.torch import load_file
 from debertav3.train import main
 from debertav3.train.checkpoint import complete_checkpoints
 
-ROOT = Path(__file__).resolve().parents[1]
-BUNDLED = ROOT / "debertav3" / "resources" / "corpus" / "gutenberg_slice.txt.gz"
+from conftest import SMALL_MODEL, corpus_overrides, write_corpus
+
 SMALL = {
-    "model": {"vocab_size": 8064, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-              "intermediate_size": 128},
+    "model": SMALL_MODEL,
     "data": {"max_seq_length": 64, "num_proc": 1},
     "train": {"batch_size": 4, "max_steps": 2, "save_every": 2, "eval_every": 2, "eval_batches": 1,
               "progress": False},
@@ -25,10 +23,7 @@ SMALL = {
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("inputs")
-    with gzip.open(BUNDLED, "rt") as fh:
-        (folder / "train.txt").write_text(fh.read(60_000))
-        (folder / "valid.txt").write_text(fh.read(10_000))
+    folder = write_corpus(tmp_path_factory.mktemp("inputs"), 60_000, 10_000)
     (folder / "empty.txt").write_text("\n\n")
     (folder / "binary.bin").write_bytes(os.urandom(4096) + b"\x00" * 4096)
     (folder / "a_file").write_text("not a directory")
@@ -38,9 +33,8 @@ def files(tmp_path_factory):
 def run(capsys, files, output_dir, *overrides):
     """main() as the command line runs it; returns (exit code, the error line). Progress bars of the data
     preparation may precede it on stderr; the error must be the one and last line that says error."""
-    data = [f"data.train_files=[{files / 'train.txt'}]", f"data.valid_files=[{files / 'valid.txt'}]"]
     with pytest.raises(SystemExit) as info:
-        main(SMALL, [*data, f"train.output_dir={output_dir}", *overrides])
+        main(SMALL, [*corpus_overrides(files), f"train.output_dir={output_dir}", *overrides])
     err = capsys.readouterr().err
     assert "Traceback" not in err
     errors = [line for line in err.replace("\r", "\n").splitlines() if "error" in line.lower()]
@@ -78,8 +72,7 @@ def test_bad_input_fails_in_one_line(name, files, tmp_path, capsys):
 
 
 def test_resume_with_a_different_model_config(files, tmp_path, capsys):
-    assert main(SMALL, [f"data.train_files=[{files / 'train.txt'}]", f"data.valid_files=[{files / 'valid.txt'}]",
-                        f"train.output_dir={tmp_path}"]) is not None
+    assert main(SMALL, [*corpus_overrides(files), f"train.output_dir={tmp_path}"]) is not None
     before = load_file(complete_checkpoints(tmp_path)[-1] / "model.safetensors")
     code, err = run(capsys, files, tmp_path, "train.max_steps=4", "model.intermediate_size=256")
     assert code == 2 and "different model" in err and err.count("\n") == 1

@@ -3,7 +3,6 @@
 Also SIGTERM: the trainer finishes the step, writes a checkpoint and exits cleanly with a message.
 """
 
-import gzip
 import json
 import random
 import signal
@@ -18,28 +17,23 @@ from safetensors.torch import load_file
 
 from debertav3.train.checkpoint import complete_checkpoints
 
-ROOT = Path(__file__).resolve().parents[1]
-BUNDLED = ROOT / "debertav3" / "resources" / "corpus" / "gutenberg_slice.txt.gz"
+from conftest import ROOT, SMALL_MODEL, corpus_overrides, write_corpus
+
 MAX_STEPS = 100
 KILLS = 12
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("corpus")
-    with gzip.open(BUNDLED, "rt") as fh:
-        (folder / "train.txt").write_text(fh.read(200_000))
-        (folder / "valid.txt").write_text(fh.read(20_000))
-    return folder
+    return write_corpus(tmp_path_factory.mktemp("corpus"), 200_000, 20_000)
 
 
 def command(corpus, output_dir):
     return [sys.executable, str(ROOT / "recipes" / "rtd_tiny.py"), f"train.output_dir={output_dir}",
-            f"data.train_files=[{corpus / 'train.txt'}]", f"data.valid_files=[{corpus / 'valid.txt'}]",
-            f"train.max_steps={MAX_STEPS}", "train.save_every=3", "train.keep_last=2", "train.eval_every=50",
-            "train.eval_batches=1", "train.log_every=5", "train.progress=false", "model.hidden_size=64",
-            "model.num_hidden_layers=2", "model.intermediate_size=128", "data.max_seq_length=64",
-            "train.batch_size=8", "data.num_proc=1"]
+            *corpus_overrides(corpus), f"train.max_steps={MAX_STEPS}", "train.save_every=3", "train.keep_last=2",
+            "train.eval_every=50", "train.eval_batches=1", "train.log_every=5", "train.progress=false",
+            "data.max_seq_length=64", "train.batch_size=8", "data.num_proc=1",
+            *(f"model.{k}={v}" for k, v in SMALL_MODEL.items())]
 
 
 def assert_checkpoints_loadable(output_dir):

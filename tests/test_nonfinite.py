@@ -1,8 +1,6 @@
 """Non-finite loss or gradients: `train.nonfinite=skip` skips and counts the update, `stop` saves and stops."""
 
-import gzip
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,8 +11,8 @@ from debertav3.train import load_config
 from debertav3.train.checkpoint import complete_checkpoints
 from debertav3.train.loop import UserError, train
 
-ROOT = Path(__file__).resolve().parents[1]
-BUNDLED = ROOT / "debertav3" / "resources" / "corpus" / "gutenberg_slice.txt.gz"
+from conftest import SMALL_MODEL, write_corpus
+
 POISONED_STEP = 3
 
 
@@ -34,11 +32,8 @@ def poisoned(monkeypatch):
 
 
 def config(tmp_path, *overrides):
-    corpus = tmp_path / "train.txt"
-    with gzip.open(BUNDLED, "rt") as fh:
-        corpus.write_text(fh.read(60_000))
-    recipe = {"model": {"vocab_size": 8064, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                        "intermediate_size": 128},
+    corpus = write_corpus(tmp_path / "corpus", 60_000) / "train.txt"
+    recipe = {"model": SMALL_MODEL,
               "data": {"max_seq_length": 64, "num_proc": 1, "train_files": [str(corpus)], "valid_fraction": 0.0},
               "train": {"batch_size": 4, "max_steps": 6, "eval_every": 1000, "log_every": 1, "save_every": 1000,
                         "progress": False, "output_dir": str(tmp_path / "run")}}

@@ -1,6 +1,5 @@
 """The trainer end to end on CPU: a smoke run, exact resume, and 2 processes against 1."""
 
-import gzip
 import os
 import subprocess
 import sys
@@ -15,12 +14,10 @@ from debertav3.train import load_config
 from debertav3.train.checkpoint import complete_checkpoints
 from debertav3.train.loop import train
 
-ROOT = Path(__file__).resolve().parents[1]
-BUNDLED = ROOT / "debertav3" / "resources" / "corpus" / "gutenberg_slice.txt.gz"
+from conftest import ROOT, SMALL_MODEL, corpus_overrides, write_corpus
 
 SMALL = {
-    "model": {"vocab_size": 8064, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-              "intermediate_size": 128},
+    "model": SMALL_MODEL,
     "data": {"max_seq_length": 64, "num_proc": 1},
     "optim": {"lr": 2e-3, "warmup_steps": 5},
     "train": {"batch_size": 8, "log_every": 1, "eval_every": 10, "eval_batches": 2, "embedding_stats_every": 5,
@@ -30,20 +27,11 @@ SMALL = {
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """About 300 kB of the bundled English slice for training and 30 kB after it held out: quick to tokenize."""
-    folder = tmp_path_factory.mktemp("corpus")
-    with gzip.open(BUNDLED, "rt") as fh:
-        (folder / "train.txt").write_text(fh.read(300_000))
-        (folder / "valid.txt").write_text(fh.read(30_000))
-    return folder
-
-
-def data_overrides(corpus):
-    return [f"data.train_files=[{corpus / 'train.txt'}]", f"data.valid_files=[{corpus / 'valid.txt'}]"]
+    return write_corpus(tmp_path_factory.mktemp("corpus"), 300_000, 30_000)
 
 
 def config(corpus, output_dir, *overrides):
-    return load_config(SMALL, None, [*data_overrides(corpus), f"train.output_dir={output_dir}", *overrides])
+    return load_config(SMALL, None, [*corpus_overrides(corpus), f"train.output_dir={output_dir}", *overrides])
 
 
 def scalars(output_dir) -> dict[str, dict[int, float]]:
@@ -103,7 +91,7 @@ def test_two_processes_follow_one_process(corpus, tmp_path):
     `accelerate launch --cpu --num_processes 2` starts a single process in accelerate 1.x (its CPU launcher
     expects mpirun), so the two processes come from torchrun via --multi_gpu with ACCELERATE_USE_CPU=1.
     """
-    common = [*data_overrides(corpus), "train.max_steps=6", "model.hidden_dropout_prob=0.0",
+    common = [*corpus_overrides(corpus), "train.max_steps=6", "model.hidden_dropout_prob=0.0",
               "model.attention_probs_dropout_prob=0.0", "train.progress=false", "train.log_every=1",
               "model.vocab_size=8064", "model.hidden_size=64", "model.num_hidden_layers=2",
               "model.num_attention_heads=2", "model.intermediate_size=128", "data.max_seq_length=64",

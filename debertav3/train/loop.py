@@ -12,9 +12,9 @@ from accelerate.utils import set_seed
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from ..config import generator_config
+from ..build import build_model
 from ..data import Masker, Tokenizer, build_datasets
-from ..hf import CheckpointError, load_rtd_weights
+from ..hf import CheckpointError
 from ..rtd import RTDModel, average_pairwise_cosine
 from ..train_config import Config
 from .batches import BlockSource, make_micro_batch, micro_batch_seed
@@ -34,15 +34,6 @@ def resolve_precision(requested: str) -> str:
     if requested != "auto":
         return requested
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-
-
-def build_model(cfg: Config, tokenizer: Tokenizer) -> RTDModel:
-    disc = cfg.model.backbone()
-    gen = generator_config(disc, cfg.model.generator_layers) if cfg.objective == "rtd" else disc
-    model = RTDModel(gen, disc if cfg.objective == "rtd" else None, cfg.rtd.embedding_sharing, cfg.rtd.rtd_weight,
-                     cfg.rtd.temperature, cfg.objective, tokenizer.special_ids)
-    load_rtd_weights(model, cfg.model.init_discriminator, cfg.model.init_generator)
-    return model
 
 
 def check_resume_compatible(checkpoint: Path, cfg: Config) -> None:
@@ -86,7 +77,7 @@ class Trainer:
         try:
             self.tokenizer = Tokenizer.load(cfg.data.tokenizer)
             self.tokenizer.check_fits(cfg.model.vocab_size)
-            model = build_model(cfg, self.tokenizer)
+            model = build_model(cfg, self.tokenizer.special_ids)
             with self.accelerator.main_process_first():  # one process tokenizes; the others read its cache
                 self.train_set, self.valid_set = build_datasets(cfg.data, self.tokenizer, cfg.train.seed)
         except (CheckpointError, ValueError, FileNotFoundError) as exc:

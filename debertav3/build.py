@@ -1,0 +1,21 @@
+"""`RTDModel` from a training `Config`: what the trainer trains and what export reads back."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from .config import generator_config
+from .hf import load_rtd_weights
+from .rtd import RTDModel
+from .train_config import Config
+
+
+def build_model(cfg: Config, special_token_ids: Sequence[int]) -> RTDModel:
+    """The generator (half depth unless `model.generator_layers`) and discriminator of `cfg`, or the single
+    full-depth MLM network for objective mlm, initialised from `model.init_*` directories where given."""
+    disc = cfg.model.backbone()
+    gen = generator_config(disc, cfg.model.generator_layers) if cfg.objective == "rtd" else disc
+    model = RTDModel(gen, disc if cfg.objective == "rtd" else None, cfg.rtd.embedding_sharing, cfg.rtd.rtd_weight,
+                     cfg.rtd.temperature, cfg.objective, special_token_ids)
+    load_rtd_weights(model, cfg.model.init_discriminator, cfg.model.init_generator)
+    return model
