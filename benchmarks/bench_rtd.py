@@ -2,14 +2,19 @@
 
 The baseline is what a user without debertav3 would write: generator `DebertaV2ForMaskedLM` at half depth,
 discriminator `DebertaV2ForTokenClassification` (1 label), one shared word-embedding table, replacements sampled
-from the generator's softmax, loss = MLM + 50 * BCE over non-pad tokens, AdamW. Ours is `RTDModel` (GDES) with
-the same shapes, one AdamW step per iteration. The two steps alternate after warm-up; each figure is the median.
+from the generator's softmax, loss = MLM + 50 * BCE over non-pad tokens, AdamW. Ours is `RTDModel` with the same
+shapes and, by default, the same sharing (ES; `--sharing gdes` adds E_Delta, a second vocabulary-sized table with
+its gradient and optimizer state), one AdamW step per iteration. The two steps alternate after warm-up; each
+figure is the median.
 
     python benchmarks/bench_rtd.py --seq 128 --batch 16 --output results.json
 
 Reports tokens/s of each and their ratio, model FLOPs per token (counted by torch's FlopCounterMode over one
 forward + backward), achieved FLOP/s, utilisation against a fp32 GEMM peak measured in the same run, and the peak
 RSS of each step, each measured in a child process of its own (RSS only grows, so one process cannot tell two).
+glibc keeps freed memory mapped, so RSS measures the allocator's caching as well as live tensors; with
+`--mmap-threshold 131072` both children return large freed blocks at once (MALLOC_MMAP_THRESHOLD_), and peak RSS
+tracks live memory. Both settings are reported when asked; neither favours one side.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import platform
 import resource
 import statistics
@@ -52,7 +58,7 @@ def make_batch(args, seed: int = 0) -> dict[str, torch.Tensor]:
 class OurStep:
     def __init__(self, args):
         disc = model_config(args)
-        self.model = RTDModel(generator_config(disc), disc, "gdes", special_token_ids=SPECIALS)
+        self.model = RTDModel(generator_config(disc), disc, args.sharing, special_token_ids=SPECIALS)
         self.optimizer = build_optimizer(self.model, OptimConfig(lr=1e-4, warmup_steps=0))
 
     def loss(self, batch):
@@ -129,11 +135,19 @@ def _peak_rss_child(name, args, queue):
     queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
 
-def peak_rss(name: str, args) -> int:
+def peak_rss(name: str, args, mmap_threshold: int | None = None) -> int:
     ctx = mp.get_context("spawn")  # a fresh interpreter: its RSS is this step's alone
     queue = ctx.Queue()
-    child = ctx.Process(target=_peak_rss_child, args=(name, args, queue))
-    child.start()
+    previous = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+    if mmap_threshold:  # read by glibc when the child starts
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(mmap_threshold)
+    try:
+        child = ctx.Process(target=_peak_rss_child, args=(name, args, queue))
+        child.start()
+    finally:
+        os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
+        if previous is not None:
+            os.environ["MALLOC_MMAP_THRESHOLD_"] = previous
     value = queue.get()
     child.join()
     return value
@@ -147,6 +161,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--sharing", choices=("es", "nes", "gdes"), default="es",
+                        help="our embedding sharing (the baseline shares one table, as es)")
+    parser.add_argument("--mmap-threshold", type=int, default=0,
+                        help="also measure peak RSS with MALLOC_MMAP_THRESHOLD_ set to this (bytes)")
     parser.add_argument("--rounds", type=int, default=5, help="timed steps of each, alternating")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS children")
@@ -175,17 +193,23 @@ def main(argv=None) -> dict:
                         "achieved_flops": rate * flops[name], "utilisation": rate * flops[name] / peak}
         if not args.no_memory:
             result[name]["peak_rss_bytes"] = peak_rss(name, args)
+            if args.mmap_threshold:
+                result[name]["peak_rss_bytes_mmap_threshold"] = peak_rss(name, args, args.mmap_threshold)
     result["speedup"] = result["ours"]["tokens_per_second"] / result["transformers"]["tokens_per_second"]
-    if not args.no_memory:
-        result["memory_ratio"] = result["ours"]["peak_rss_bytes"] / result["transformers"]["peak_rss_bytes"]
+    for key in ("peak_rss_bytes", "peak_rss_bytes_mmap_threshold"):
+        if key in result["ours"]:
+            result[key.replace("peak_rss_bytes", "memory_ratio")] = result["ours"][key] / result["transformers"][key]
     print(f"seq {args.seq} x batch {args.batch}, GEMM peak {peak / 1e9:.0f} GFLOP/s")
     for name in steps:
         r = result[name]
         memory = f", peak RSS {r['peak_rss_bytes'] / 2**30:.2f} GiB" if "peak_rss_bytes" in r else ""
+        if "peak_rss_bytes_mmap_threshold" in r:
+            memory += f" ({r['peak_rss_bytes_mmap_threshold'] / 2**30:.2f} GiB with the mmap threshold)"
         print(f"  {name:>12}: {r['tokens_per_second']:8.0f} tokens/s, {r['flops_per_token'] / 1e6:6.1f} MFLOP/token, "
               f"{r['achieved_flops'] / 1e9:6.1f} GFLOP/s ({100 * r['utilisation']:.0f}% of peak){memory}")
-    print(f"  ours / transformers: {result['speedup']:.2f}x tokens/s"
-          + (f", {result['memory_ratio']:.2f}x peak memory" if "memory_ratio" in result else ""))
+    ratios = [f"{result[k]:.2f}x peak RSS{label}" for k, label in (("memory_ratio", ""), (
+        "memory_ratio_mmap_threshold", " with the mmap threshold")) if k in result]
+    print(f"  ours / transformers: {result['speedup']:.2f}x tokens/s" + "".join(f", {r}" for r in ratios))
     if args.output:
         with open(args.output, "w") as fh:
             json.dump(result, fh, indent=2)

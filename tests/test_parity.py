@@ -53,6 +53,21 @@ def test_backbone_matches_transformers(share_att_key, pos_att_type, position_buc
         assert diff <= TOL, f"length {length}: max abs diff {diff}"
 
 
+def test_gradients_match_transformers():
+    """Every parameter's gradient equals transformers' (our backward passes are partly hand-written)."""
+    cfg, ours, theirs = paired_models()
+    ids = torch.randint(4, cfg.vocab_size, (2, 150), generator=torch.Generator().manual_seed(7))
+    mask = torch.ones_like(ids)
+    mask[1, 120:] = 0
+    weights = torch.randn(2, 150, cfg.hidden_size, generator=torch.Generator().manual_seed(8)) * mask[..., None]
+    (ours(ids, mask) * weights).sum().backward()
+    (theirs(ids, attention_mask=mask).last_hidden_state * weights).sum().backward()
+    reference = dict(theirs.named_parameters())
+    for name, param in ours.named_parameters():
+        expected = reference[name].grad
+        assert (param.grad - expected).abs().max() <= 1e-4 * max(1.0, expected.abs().max().item()), name
+
+
 def test_padding_leaves_real_tokens_unchanged_and_matches_transformers():
     cfg, ours, theirs = paired_models()
     gen = torch.Generator().manual_seed(2)

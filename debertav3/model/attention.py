@@ -52,6 +52,77 @@ def relative_index(query_len: int, key_len: int, config: ModelConfig, device=Non
     return idx - first, first, last - first + 1
 
 
+class RelativeGather(torch.autograd.Function):
+    """torch.gather along the last dim that saves only the index for backward.
+
+    torch.gather's backward keeps its whole input alive; here that input is the [B, H, L, R] product against
+    the relative table, two per layer, which would otherwise dominate the activation memory of a step.
+    """
+
+    @staticmethod
+    def forward(ctx, table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(index)
+        ctx.table_shape = table.shape
+        return torch.gather(table, -1, index)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (index,) = ctx.saved_tensors
+        return grad.new_zeros(ctx.table_shape).scatter_add_(-1, index, grad), None
+
+
+class BiasedAttention(torch.autograd.Function):
+    """dropout(softmax(q k^T * scale + bias)) v in fp32, saving only the probabilities and a bool dropout mask.
+
+    PyTorch's fused CPU attention takes neither a bias that needs a gradient nor dropout, and its fallback keeps
+    both the probabilities and the dropped-out probabilities for backward (two [N, Lq, Lk] fp32 tensors per
+    layer); here the dropped-out ones are recomputed from the mask in backward, an elementwise product.
+    Shapes: q [N, Lq, D], k and v [N, Lk, D], bias [N, Lq, Lk], keep [N, Lq, Lk] bool or None; N = B * H.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, scale: float, keep, keep_prob: float):
+        acc = torch.promote_types(q.dtype, torch.float32)  # scores and softmax in at least fp32
+        probs = torch.softmax(torch.baddbmm(bias.to(acc), q.to(acc), k.to(acc).transpose(1, 2), alpha=scale), -1)
+        ctx.save_for_backward(q, k, v, probs, keep)
+        ctx.scale, ctx.keep_prob, ctx.bias_dtype = scale, keep_prob, bias.dtype
+        return torch.bmm(BiasedAttention._dropped(probs, keep, keep_prob).to(v.dtype), v)
+
+    @staticmethod
+    def _dropped(x, keep, keep_prob):
+        return x if keep is None else x * keep / keep_prob
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, probs, keep = ctx.saved_tensors
+        dropped = BiasedAttention._dropped(probs, keep, ctx.keep_prob).to(v.dtype)
+        grad_v = torch.bmm(dropped.transpose(1, 2), grad_out)
+        grad_probs = BiasedAttention._dropped(torch.bmm(grad_out, v.transpose(1, 2)).to(probs.dtype), keep,
+                                              ctx.keep_prob)
+        grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
+        grad_q = torch.bmm(grad_scores, k.to(probs.dtype)).mul_(ctx.scale).to(q.dtype)
+        grad_k = torch.bmm(grad_scores.transpose(1, 2), q.to(probs.dtype)).mul_(ctx.scale).to(k.dtype)
+        return grad_q, grad_k, grad_v, grad_scores.to(ctx.bias_dtype), None, None, None
+
+
+def attend(q_BHQD, k_BHKD, v_BHKD, bias_BHQK, scale: float, dropout_prob: float):
+    """softmax(q k^T * scale + bias) v with attention dropout; [B, H, Lq, D].
+
+    On CUDA: PyTorch SDPA (its memory-efficient kernel takes a bias with gradient and never stores the
+    probabilities). Elsewhere: `BiasedAttention`.
+    """
+    if q_BHQD.is_cuda:
+        return F.scaled_dot_product_attention(q_BHQD, k_BHKD, v_BHKD, attn_mask=bias_BHQK, scale=scale,
+                                              dropout_p=dropout_prob)
+    B, H, Lq, D = q_BHQD.shape
+    Lk = k_BHKD.shape[-2]
+    keep = torch.rand(B * H, Lq, Lk, device=q_BHQD.device) >= dropout_prob if dropout_prob > 0 else None
+    out = BiasedAttention.apply(q_BHQD.reshape(B * H, Lq, D), k_BHKD.reshape(B * H, Lk, D),
+                                v_BHKD.reshape(B * H, Lk, D), bias_BHQK.expand(B, H, Lq, Lk).reshape(B * H, Lq, Lk),
+                                scale, keep, 1.0 - dropout_prob)
+    return out.view(B, H, Lq, D)
+
+
 class DisentangledSelfAttention(nn.Module):
     """Self-attention over content and relative position (keys `attention.self.*` as in transformers)."""
 
@@ -91,18 +162,15 @@ class DisentangledSelfAttention(nn.Module):
         if query_states is None:
             query_states = hidden_states
         q_BQX, k_BKX = self.query_proj(query_states), self.key_proj(hidden_states)
-        # The position terms enter as an additive bias of fused attention (PyTorch SDPA), which computes
-        # softmax(q k^T * scale + bias) with fp32 accumulation and, on GPU, never stores the [B, H, Lq, Lk]
-        # probabilities. The bias is summed in fp32 and rounded once to the model dtype (official code: fp32).
-        keep_BK = key_padding_mask[:, None, None, :]
-        if self.pos_terms:
-            bias = self._position_bias(q_BQX, k_BKX, rel_embeddings, rel_idx)
-            bias = bias.masked_fill(~keep_BK, torch.finfo(bias.dtype).min).to(q_BQX.dtype)
-        else:
-            bias = keep_BK
-        context = F.scaled_dot_product_attention(
-            self._heads(q_BQX), self._heads(k_BKX), self._heads(self.value_proj(hidden_states)), attn_mask=bias,
-            scale=self.scale, dropout_p=self.dropout_prob if self.training else 0.0)
+        # The position terms and the padding enter attention as one additive bias, summed in fp32 (official code:
+        # fp32 scores; fp16/bf16 overflow otherwise) and rounded once to the model dtype on GPU.
+        bias = self._position_bias(q_BQX, k_BKX, rel_embeddings, rel_idx) if self.pos_terms \
+            else q_BQX.new_zeros(1, dtype=torch.float32)
+        bias = bias.masked_fill(~key_padding_mask[:, None, None, :], torch.finfo(torch.float32).min)
+        if q_BQX.is_cuda:
+            bias = bias.to(q_BQX.dtype)
+        context = attend(self._heads(q_BQX), self._heads(k_BKX), self._heads(self.value_proj(hidden_states)), bias,
+                         self.scale, self.dropout_prob if self.training else 0.0)
         return context.transpose(-3, -2).flatten(-2)
 
     def _per_head(self, x: torch.Tensor) -> torch.Tensor:
@@ -124,12 +192,12 @@ class DisentangledSelfAttention(nn.Module):
         if "c2p" in self.pos_terms:
             proj = self.key_proj if self.share_att_key else self.pos_key_proj
             c2p_BHQR = self._against_table(q_BQX, proj(rel) * self.scale)
-            out = out + torch.gather(c2p_BHQR, -1, rel_idx.expand(B, H, Lq, Lk)).float()
+            out = out + RelativeGather.apply(c2p_BHQR, rel_idx.expand(B, H, Lq, Lk)).float()
         if "p2c" in self.pos_terms:
             proj = self.query_proj if self.share_att_key else self.pos_query_proj
             p2c_BHKR = self._against_table(k_BKX, proj(rel) * self.scale)
             # p2c(i, j) = P[j, idx(i, j)]: gather row j with idx transposed, then transpose back to [i, j].
-            p2c_BHKQ = torch.gather(p2c_BHKR, -1, rel_idx.transpose(-1, -2).expand(B, H, Lk, Lq))
+            p2c_BHKQ = RelativeGather.apply(p2c_BHKR, rel_idx.transpose(-1, -2).expand(B, H, Lk, Lq))
             out = out + p2c_BHKQ.transpose(-1, -2).float()
         return out
 

@@ -47,6 +47,30 @@ class Embeddings(nn.Module):
         return self.dropout(x)
 
 
+class ActivationLinear(torch.autograd.Function):
+    """linear(act(pre)) that keeps only `pre` for backward: act(pre) is recomputed there (one elementwise pass)
+    instead of being stored for the weight gradient, which saves a [tokens, intermediate] tensor per layer.
+    Casts are explicit, so it works the same with or without autocast."""
+
+    @staticmethod
+    def forward(ctx, pre, weight, bias, act):
+        ctx.save_for_backward(pre, weight, bias)
+        ctx.act = act
+        h = act(pre)
+        return F.linear(h, weight.to(h.dtype), bias.to(h.dtype))
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        pre, weight, bias = ctx.saved_tensors
+        with torch.enable_grad():
+            pre_leaf = pre.detach().requires_grad_()
+            h = ctx.act(pre_leaf)
+        (grad_pre,) = torch.autograd.grad(h, pre_leaf, grad_out @ weight.to(grad_out.dtype))
+        g_NO, h_NI = grad_out.reshape(-1, grad_out.shape[-1]), h.detach().reshape(-1, h.shape[-1])
+        grad_weight = (g_NO.t() @ h_NI.to(g_NO.dtype)).to(weight.dtype)
+        return grad_pre, grad_weight, g_NO.sum(0).to(bias.dtype), None
+
+
 class SelfOutput(nn.Module):
     """dense -> dropout -> LayerNorm(x + residual) (keys `attention.output.*` and `output.*`)."""
 
@@ -68,13 +92,23 @@ class Attention(nn.Module):
 
 
 class Intermediate(nn.Module):
+    """The first feed-forward projection; its activation is applied inside `FeedForwardOutput`."""
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+
+
+class FeedForwardOutput(SelfOutput):
+    """LayerNorm(dropout(dense(act(pre))) + residual), with the activation fused into the projection's autograd."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config.intermediate_size, config)
         self.act = activation(config.hidden_act)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.dense(x))
+    def forward(self, pre: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        out = ActivationLinear.apply(pre, self.dense.weight, self.dense.bias, self.act)
+        return self.LayerNorm(self.dropout(out) + residual)
 
 
 class Layer(nn.Module):
@@ -85,13 +119,13 @@ class Layer(nn.Module):
         super().__init__()
         self.attention = Attention(config)
         self.intermediate = Intermediate(config)
-        self.output = SelfOutput(config.intermediate_size, config)
+        self.output = FeedForwardOutput(config)
 
     def forward(self, hidden_states, key_padding_mask, query_states=None, rel_embeddings=None, rel_idx=None):
         residual = hidden_states if query_states is None else query_states
         context = self.attention.self(hidden_states, key_padding_mask, query_states, rel_embeddings, rel_idx)
         attended = self.attention.output(context, residual)
-        return self.output(self.intermediate(attended), attended)
+        return self.output(self.intermediate.dense(attended), attended)
 
 
 class Encoder(nn.Module):
