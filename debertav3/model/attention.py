@@ -12,6 +12,7 @@ Both terms are matrix products against the relative table followed by a gather, 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -41,12 +42,19 @@ def relative_index(query_len: int, key_len: int, config: ModelConfig, device=Non
     to rows [first_row, first_row + num_rows) before projecting it. For short sequences this avoids projecting and
     multiplying against rows no pair can use (2L-1 rows instead of 512 at L < 128).
     """
-    span = config.relative_span
-    rel = torch.arange(query_len, device=device)[:, None] - torch.arange(key_len, device=device)[None, :]
-    if config.position_buckets > 0:
-        max_position = config.max_relative_positions if config.max_relative_positions > 0 \
-            else config.max_position_embeddings
-        rel = log_bucket_position(rel, config.position_buckets, max_position)
+    max_position = config.max_relative_positions if config.max_relative_positions > 0 \
+        else config.max_position_embeddings
+    idx, first, rows = _relative_index_cpu(query_len, key_len, config.position_buckets, max_position,
+                                           config.relative_span)
+    return idx.to(device, non_blocking=True), first, rows
+
+
+@functools.lru_cache(maxsize=32)
+def _relative_index_cpu(query_len: int, key_len: int, buckets: int, max_position: int, span: int):
+    """The index for given lengths, built once on the CPU: no device sync in the forward pass, and reused."""
+    rel = torch.arange(query_len)[:, None] - torch.arange(key_len)[None, :]
+    if buckets > 0:
+        rel = log_bucket_position(rel, buckets, max_position)
     idx = (rel + span).clamp(0, 2 * span - 1)
     first, last = int(idx.min()), int(idx.max())  # the bucket map is monotone: reachable rows are contiguous
     return idx - first, first, last - first + 1
