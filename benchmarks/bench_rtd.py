@@ -24,7 +24,6 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import resource
 import statistics
 import time
 
@@ -132,7 +131,10 @@ def _peak_rss_child(name, args, queue):
     step, batch = STEPS[name](args), make_batch(args)
     for _ in range(3):
         step(batch)
-    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    # VmHWM belongs to this address space; ru_maxrss would start from the parent's peak (kept across fork+exec).
+    with open("/proc/self/status") as status:
+        peak_kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    queue.put(peak_kib * 1024)
 
 
 def peak_rss(name: str, args, mmap_threshold: int | None = None) -> int:

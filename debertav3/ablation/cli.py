@@ -1,0 +1,86 @@
+"""Command line of tools/ablate.py: plan, run (resumably) and report an embedding-sharing ablation.
+
+A mistake (unknown mode or recipe, bad override, missing data directory or task file) prints one line
+`error: ...` on stderr and exits with status 2 before anything is trained or written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .runner import MODES, AblationError, AblationSpec, FinetuneOptions, Interrupted, check_budget, execute, plan, \
+    validate
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 3
+
+
+def comma_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Compare embedding sharing (es, nes, gdes) with the MLM and no-pretraining baselines at equal "
+                    "budget: pretrain, export and fine-tune every mode x seed, then write report.md, results.json "
+                    "and plots (see docs/ablation.md). Rerunning the same command continues where it stopped.",
+        epilog="key=value overrides apply to every pretraining run, e.g. model.hidden_size=64 "
+               "data.train_files=[corpus.txt.gz]")
+    p.add_argument("--recipe", default="rtd_tiny", help="recipes/<name>.py or a path to a recipe file (default rtd_tiny)")
+    p.add_argument("--modes", type=comma_list, default=list(MODES), help=f"comma list of {','.join(MODES)} (default all)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per mode (default 3)")
+    p.add_argument("--max-steps", type=int, required=True, help="pretraining steps of every run")
+    p.add_argument("--tasks", type=comma_list, default=["sst2", "cola"], help="fine-tuning presets (default sst2,cola)")
+    p.add_argument("--output", required=True, help="the ablation directory (reused to resume)")
+    p.add_argument("--data-dir", help="fine-tuning data holding sst2/ and cola/ (default: $DEBERTAV3_DATA, else "
+                                      "../shared/data beside the repository)")
+    p.add_argument("--finetune-examples", type=int, help="training examples per task, drawn at random (default all)")
+    p.add_argument("--finetune-epochs", type=int, default=3, help="fine-tuning epochs (default 3)")
+    p.add_argument("--finetune-lr", type=float, help="fine-tuning peak learning rate (default 2e-5)")
+    p.add_argument("--finetune-batch-size", type=int, help="fine-tuning batch size (default 32)")
+    p.add_argument("--report-only", action="store_true", help="write the report from the runs finished so far")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    return p
+
+
+def build_spec(args: argparse.Namespace) -> AblationSpec:
+    if args.data_dir is not None and not Path(args.data_dir).is_dir():
+        raise AblationError(f"--data-dir {args.data_dir} is not a directory; point it at the folder holding sst2/ "
+                            "and cola/")
+    if args.seeds <= 0:
+        raise AblationError(f"--seeds must be positive, got {args.seeds}")
+    options = FinetuneOptions(args.finetune_examples, args.finetune_epochs, args.finetune_lr, args.finetune_batch_size)
+    spec = AblationSpec(recipe=args.recipe, modes=args.modes, seeds=list(range(args.seeds)),
+                        max_steps=args.max_steps, tasks=args.tasks, output=str(Path(args.output).absolute()),
+                        data_dir=args.data_dir, overrides=list(args.overrides), finetune=options)
+    validate(spec)
+    return spec
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from .report import write_report
+
+    try:
+        spec = build_spec(args)
+        if not args.report_only:
+            check_budget(spec)
+            for run in plan(spec):
+                execute(spec, run)
+                write_report(spec)  # after every run: a stopped ablation still has an up-to-date report
+        paths = write_report(spec)
+    except Interrupted as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (AblationError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:  # e.g. an --output that cannot be created
+        print(f"error: cannot write {exc.filename or args.output} ({exc.strerror or exc}); choose another --output",
+              file=sys.stderr)
+        return EXIT_USAGE
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0

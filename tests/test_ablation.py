@@ -1,0 +1,114 @@
+"""tools/ablate.py end to end on a tiny budget: every report file, resume without redoing work, one-line errors."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from debertav3.ablation.cli import main
+from debertav3.ablation.runner import STAGES_FILE
+from debertav3.data.corpus import BUNDLED_TRAIN, BUNDLED_VALID
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+MODES = ["es", "gdes", "random"]  # mlm costs another pretraining; its export is tested in test_export.py
+PLOTS = ["curves.png", "embeddings.png", "downstream.png"]
+
+
+def corpus_slice(source: Path, target: Path, chars: int) -> str:
+    """The first `chars` characters of a bundled file: tokenising a few hundred KB keeps the test quick."""
+    with gzip.open(source, "rt", encoding="utf-8") as fh:
+        text = fh.read(chars)
+    with gzip.open(target, "wt", encoding="utf-8") as fh:
+        fh.write(text)
+    return str(target)
+
+
+@pytest.fixture(scope="module")
+def ablation(tmp_path_factory):
+    """(argument list, output directory) of a tiny ablation: 3 modes, 1 seed, 6 steps, CoLA with 32 examples
+    (each fine-tuning costs seconds of fixed overhead, so one task keeps the test quick)."""
+    if not (DATA / "cola").is_dir():
+        reason = f"fine-tuning data not found at {DATA} (needs cola/)"
+        print(reason)
+        pytest.skip(reason)
+    tmp = tmp_path_factory.mktemp("ablation")
+    train = corpus_slice(BUNDLED_TRAIN, tmp / "train.txt.gz", 200_000)
+    valid = corpus_slice(BUNDLED_VALID, tmp / "valid.txt.gz", 40_000)
+    argv = ["--modes", ",".join(MODES), "--seeds", "1", "--max-steps", "6", "--tasks", "cola",
+            "--output", str(tmp / "out"), "--data-dir", str(DATA), "--finetune-examples", "32",
+            "--finetune-epochs", "1", "--finetune-lr", "1e-4",
+            "model.hidden_size=32", "model.num_hidden_layers=2", "model.num_attention_heads=2",
+            "model.intermediate_size=64", "data.max_seq_length=64", "train.batch_size=4", "train.log_every=1",
+            "train.embedding_stats_every=2", "train.eval_every=3", "train.eval_batches=1", "train.save_every=3",
+            f"data.train_files=[{train}]", f"data.valid_files=[{valid}]"]
+    return argv, tmp / "out"
+
+
+def run(argv, capsys) -> tuple[int, str, str]:
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_end_to_end_writes_every_file(ablation, capsys):
+    argv, out = ablation
+    code, stdout, _ = run(argv, capsys)
+    assert code == 0
+    for name in ["report.md", "results.json", *PLOTS]:
+        assert (out / name).stat().st_size > 0, name
+    results = json.loads((out / "results.json").read_text())
+    assert [(r["mode"], r["complete"]) for r in results["runs"]] == [(m, True) for m in MODES]
+    by_mode = {r["mode"]: r["metrics"] for r in results["runs"]}
+    assert by_mode["gdes"]["cosine_E_Delta"] is not None and by_mode["es"]["cosine_E_Delta"] is None
+    assert by_mode["random"]["eval_mlm_loss"] is None and by_mode["es"]["eval_rtd_accuracy"] is not None
+    assert all(by_mode[m]["cola"] is not None and by_mode[m]["cola_majority"] is not None for m in MODES)
+    assert results["summary"]["es"]["mlm_loss@100%"]["n"] == 1
+    assert {c["verdict"] for c in results["claims"]} <= {"holds", "does not hold", "not measured"}
+    report = (out / "report.md").read_text()
+    assert "3 of 3 runs complete" in report and all(f"]({p})" in report for p in PLOTS)
+    # the random baseline never pretrains; the others stop exactly at --max-steps
+    assert not (out / "runs" / "random-seed0" / "pretrain").exists()
+    assert (out / "runs" / "es-seed0" / "pretrain" / "checkpoints" / "step-00000006").is_dir()
+
+
+def test_resume_redoes_nothing_and_only_what_is_missing(ablation, capsys):
+    argv, out = ablation
+    if not (out / "results.json").is_file():
+        main(argv)
+    capsys.readouterr()
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()}
+    code, stdout, _ = run(argv, capsys)
+    assert code == 0 and "[ablation]" not in stdout
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    # forget one finished stage: exactly that one is run again
+    marker = out / "runs" / "es-seed0" / STAGES_FILE
+    done = json.loads(marker.read_text())["done"]
+    marker.write_text(json.dumps({"done": [s for s in done if s != "finetune:cola"]}))
+    code, stdout, _ = run(argv, capsys)
+    assert code == 0
+    assert [line for line in stdout.splitlines() if line.startswith("[ablation]")] == ["[ablation] es-seed0: finetune:cola"]
+
+
+def test_a_changed_budget_is_refused(ablation, capsys):
+    argv, out = ablation
+    if not (out / "ablation.json").is_file():
+        main(argv)
+    changed = [a if a != "6" else "7" for a in argv]  # --max-steps 7
+    code, _, err = run(changed, capsys)
+    assert code == 2 and err.startswith("error: ") and "max_steps" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--modes", "es,bogus"], "mode 'bogus' is unknown"),
+    (["--recipe", "no_such_recipe"], "recipe 'no_such_recipe' not found"),
+    (["--data-dir", "/no/such/dir"], "--data-dir /no/such/dir is not a directory"),
+    (["model.no_such_key=1"], "no_such_key"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, fragment):
+    code, _, err = run(["--max-steps", "2", "--output", str(tmp_path / "out"), *args], capsys)
+    assert code == 2
+    assert err.startswith("error: ") and fragment in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
