@@ -26,7 +26,7 @@ from .config import ModelConfig
 from .model import MaskedLMModel, ReplacedTokenDetectionModel
 
 SHARING_MODES = ("es", "nes", "gdes")
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100  # transformers' label for positions without a loss
 
 
 @dataclass

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import torch
 
+from ..rtd import IGNORE_INDEX
 from .corpus import pad_blocks
 from .tokenizer import Tokenizer
 
 MASK_MODES = ("all_mask", "bert")
-IGNORE_INDEX = -100  # transformers' label for positions without a loss
 
 
 def _uniform(shape: tuple, generator: torch.Generator, device: torch.device) -> torch.Tensor:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ..data import Masker, pad_blocks
+from ..rtd import IGNORE_INDEX
 
 
 @dataclass
@@ -74,7 +75,7 @@ def make_micro_batch(blocks: list, masker: Masker, pad_id: int, seed: int, proce
     batch = pad_blocks(blocks, pad_id)
     generator = torch.Generator().manual_seed(seed)
     input_ids, labels = masker(batch["input_ids"], batch["attention_mask"], generator)
-    masked = labels != -100
+    masked = labels != IGNORE_INDEX
     uniforms = 1.0 - torch.rand(int(masked.sum()), generator=generator)  # in (0, 1], see RTDModel.sample
     per_process = len(blocks) // num_processes
     rows = slice(process_index * per_process, (process_index + 1) * per_process)
