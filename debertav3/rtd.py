@@ -24,6 +24,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .model import MaskedLMModel, ReplacedTokenDetectionModel
+from .vocab import sample_tokens, vocabulary_loss
 
 SHARING_MODES = ("es", "nes", "gdes")
 IGNORE_INDEX = -100  # transformers' label for positions without a loss
@@ -113,16 +114,15 @@ class RTDModel(nn.Module):
         targets_N = labels[masked_BL]
         real_BL = attention_mask.bool()
         num_masked, num_tokens = denominators or (targets_N.numel(), real_BL.sum())
-        logits_NV = self.generator(input_ids, attention_mask, masked_BL, self.generator_embedding)
-        mlm_loss = F.cross_entropy(logits_NV.float(), targets_N, reduction="sum") / num_masked
-        with torch.no_grad():
-            mlm_accuracy = (logits_NV.argmax(-1) == targets_N).float().mean()
+        if uniforms is None and self.objective == "rtd":
+            uniforms = 1.0 - torch.rand(targets_N.shape, generator=generator, device=targets_N.device)
+        states_NH = self.generator.masked_states(input_ids, attention_mask, masked_BL, self.generator_embedding)
+        mlm_loss, mlm_accuracy, sampled_N = vocabulary_loss(
+            states_NH, self.generator_embedding, self.generator.lm_predictions["lm_head"].bias, targets_N, uniforms,
+            num_masked, self.temperature, self.special_token_ids)
         if self.objective == "mlm":
             return RTDOutput(loss=mlm_loss, mlm_loss=mlm_loss, mlm_accuracy=mlm_accuracy)
 
-        if uniforms is None:
-            uniforms = 1.0 - torch.rand(targets_N.shape, generator=generator, device=targets_N.device)
-        sampled_N = self.sample(logits_NV.detach(), uniforms)
         original_BL = torch.where(masked_BL, labels, input_ids)
         discriminator_input = input_ids.masked_scatter(masked_BL, sampled_N)
         # A sample equal to the original token is labelled original (ELECTRA, official code).
@@ -137,17 +137,11 @@ class RTDModel(nn.Module):
 
     @torch.no_grad()
     def sample(self, logits_NV: torch.Tensor, uniforms_N: torch.Tensor) -> torch.Tensor:
-        """Replacements ~ softmax(logits / temperature), special tokens excluded, no gradient (ELECTRA sec. 3.1).
+        """Replacements ~ softmax(logits / temperature), special tokens excluded, no gradient (`sample_tokens`).
 
-        Inverse-CDF sampling: token i is drawn when cdf[i-1] < u * cdf[-1] <= cdf[i], u in (0, 1]. A token of zero
-        probability (a special token) can therefore never be drawn, and one uniform per position makes the draw
-        independent of how the batch is split across processes.
-        """
-        logits = logits_NV.float() / self.temperature
-        logits[:, self.special_token_ids[self.special_token_ids < logits.shape[-1]]] = float("-inf")
-        cdf = torch.softmax(logits, dim=-1).cumsum_(dim=-1)
-        threshold = (uniforms_N.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
-        return torch.searchsorted(cdf, threshold).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
+        `forward` draws the same way, chunk by chunk, inside `vocabulary_loss`."""
+        return sample_tokens(torch.softmax(logits_NV.float() / self.temperature, -1), uniforms_N,
+                             self.special_token_ids)
 
 
 def to_floats(tensors: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -1,9 +1,11 @@
 """The custom autograd functions against gradcheck and against the plain autograd composition they replace."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from debertav3.model.attention import BiasedAttention, RelativeGather
+from debertav3.model.attention import RelativeGather
+from debertav3.model.cpu_attention import DisentangledAttention
 from debertav3.model.backbone import ActivationLinear
 
 
@@ -11,22 +13,48 @@ def double(*shape, seed=0):
     return torch.randn(*shape, dtype=torch.double, generator=torch.Generator().manual_seed(seed)).requires_grad_()
 
 
-def test_biased_attention_gradcheck_without_and_with_dropout_mask():
-    q, k, v, bias = double(2, 3, 4, seed=1), double(2, 5, 4, seed=2), double(2, 5, 4, seed=3), double(2, 3, 5, seed=4)
-    assert torch.autograd.gradcheck(lambda *t: BiasedAttention.apply(*t, 0.5, None, 1.0), (q, k, v, bias))
-    keep = torch.rand(2, 3, 5, generator=torch.Generator().manual_seed(5)) >= 0.3
-    assert torch.autograd.gradcheck(lambda *t: BiasedAttention.apply(*t, 0.5, keep, 0.7), (q, k, v, bias))
+def attention_inputs(H=2, B=2, Lq=3, Lk=5, D=4, R=6, per_sequence_index=False):
+    q, k, v = double(H * B, Lq, D, seed=1), double(H * B, Lk, D, seed=2), double(H * B, Lk, D, seed=3)
+    c2p, p2c = double(H, B, Lq, R, seed=4), double(H, B, Lk, R, seed=5)
+    gen = torch.Generator().manual_seed(6)
+    idx = torch.randint(0, R, (B, Lq, Lk) if per_sequence_index else (Lq, Lk), generator=gen)
+    padding = torch.ones(B, Lk, dtype=torch.bool)
+    padding[1, -2:] = False
+    return q, k, v, c2p, p2c, idx, padding
 
 
-def test_biased_attention_equals_unfused_composition():
-    q, k, v, bias = (double(6, 7, 8, seed=s).float().detach().requires_grad_() for s in range(4))
-    bias = double(6, 7, 7, seed=9).float().detach().requires_grad_()
-    keep = torch.rand(6, 7, 7, generator=torch.Generator().manual_seed(5)) >= 0.1
-    ours = BiasedAttention.apply(q, k, v, bias, 0.25, keep, 0.9)
-    reference = (torch.softmax(q @ k.transpose(1, 2) * 0.25 + bias, -1) * keep / 0.9) @ v
+def unfused_attention(q, k, v, c2p, p2c, idx, padding, scale, keep, keep_prob):
+    """The same attention from plain autograd ops: gathers, additive bias, softmax, dropout."""
+    H, B, Lq, R = c2p.shape
+    Lk = k.shape[1]
+    bias = torch.gather(c2p, -1, idx.expand(H, B, Lq, Lk))
+    bias = bias + torch.gather(p2c, -1, idx.transpose(-1, -2).expand(H, B, Lk, Lq)).transpose(-1, -2)
+    bias = bias.masked_fill(~padding[None, :, None, :], torch.finfo(q.dtype).min).reshape(H * B, Lq, Lk)
+    probs = torch.softmax(q @ k.transpose(1, 2) * scale + bias, -1)
+    return (probs if keep is None else probs * keep / keep_prob) @ v
+
+
+@pytest.mark.parametrize("per_sequence_index", [False, True])
+def test_disentangled_attention_gradcheck_without_and_with_drop_mask(per_sequence_index):
+    q, k, v, c2p, p2c, idx, padding = attention_inputs(per_sequence_index=per_sequence_index)
+    run = lambda keep, prob: lambda *t: DisentangledAttention.apply(*t, idx, padding, 0.5, keep, prob)  # noqa: E731
+    assert torch.autograd.gradcheck(run(None, 1.0), (q, k, v, c2p, p2c))
+    keep = (torch.rand(4, 3, 5, generator=torch.Generator().manual_seed(7)) >= 0.3).to(torch.uint8)
+    assert torch.autograd.gradcheck(run(keep, 0.7), (q, k, v, c2p, p2c))
+    only_c2p = lambda *t: DisentangledAttention.apply(*t, None, idx, padding, 0.5, keep, 0.7)  # noqa: E731
+    assert torch.autograd.gradcheck(only_c2p, (q, k, v, c2p))
+
+
+def test_disentangled_attention_equals_unfused_composition():
+    inputs = attention_inputs(H=3, B=2, Lq=7, Lk=9, D=8, R=11, per_sequence_index=True)
+    q, k, v, c2p, p2c = (t.float().detach().requires_grad_() for t in inputs[:5])
+    idx, padding = inputs[5:]
+    keep = (torch.rand(6, 7, 9, generator=torch.Generator().manual_seed(5)) >= 0.1).to(torch.uint8)
+    ours = DisentangledAttention.apply(q, k, v, c2p, p2c, idx, padding, 0.25, keep, 0.9)
+    reference = unfused_attention(q, k, v, c2p, p2c, idx, padding, 0.25, keep, 0.9)
     grad = torch.randn_like(ours)
-    got = torch.autograd.grad(ours, (q, k, v, bias), grad)
-    expected = torch.autograd.grad(reference, (q, k, v, bias), grad)
+    got = torch.autograd.grad(ours, (q, k, v, c2p, p2c), grad)
+    expected = torch.autograd.grad(reference, (q, k, v, c2p, p2c), grad)
     assert torch.allclose(ours, reference, atol=1e-6)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(got, expected))
 

@@ -11,7 +11,11 @@ from debertav3.model import LMPredictionHead
 
 transformers = pytest.importorskip("transformers", reason="transformers (the dev extra) is the parity reference")
 
-TOL = 1e-5
+# fp32 against fp32: the two implementations round differently (GEMM blocking, summation order), and each differs
+# from the fp64 result by up to ~1.3e-5 after two post-LN layers at length 300. The tight check is in fp64, where
+# what remains is transformers' score scale, which it computes as a float32 tensor (relative error ~1e-7).
+TOL = 3e-5
+TOL_FP64 = 1e-6
 
 
 def hf_config(cfg):
@@ -48,9 +52,11 @@ def test_backbone_matches_transformers(share_att_key, pos_att_type, position_buc
     for length in (37, 300):
         ids = torch.randint(4, cfg.vocab_size, (2, length), generator=gen)
         mask = torch.ones_like(ids)
-        with torch.no_grad():
-            diff = (ours(ids, mask) - theirs(ids, attention_mask=mask).last_hidden_state).abs().max().item()
-        assert diff <= TOL, f"length {length}: max abs diff {diff}"
+        for dtype, tol in ((torch.float32, TOL), (torch.float64, TOL_FP64)):
+            ours.to(dtype), theirs.to(dtype)
+            with torch.no_grad():
+                diff = (ours(ids, mask) - theirs(ids, attention_mask=mask).last_hidden_state).abs().max().item()
+            assert diff <= tol, f"length {length}, {dtype}: max abs diff {diff}"
 
 
 def test_gradients_match_transformers():

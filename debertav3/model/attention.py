@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from .cpu_attention import DisentangledAttention
+from .dropout import Dropout, keep_mask
 
 
 def log_bucket_position(relative_pos: torch.Tensor, bucket_size: int, max_position: int) -> torch.Tensor:
@@ -79,56 +81,9 @@ class RelativeGather(torch.autograd.Function):
         return grad.new_zeros(ctx.table_shape).scatter_add_(-1, index, grad), None
 
 
-class BiasedAttention(torch.autograd.Function):
-    """dropout(softmax(q k^T * scale + bias)) v in fp32, saving only the probabilities and a bool dropout mask.
-
-    PyTorch's fused CPU attention takes neither a bias that needs a gradient nor dropout, and its fallback keeps
-    both the probabilities and the dropped-out probabilities for backward (two [N, Lq, Lk] fp32 tensors per
-    layer); here the dropped-out ones are recomputed from the mask in backward, an elementwise product.
-    Shapes: q [N, Lq, D], k and v [N, Lk, D], bias [N, Lq, Lk], keep [N, Lq, Lk] bool or None; N = B * H.
-    """
-
-    @staticmethod
-    def forward(ctx, q, k, v, bias, scale: float, keep, keep_prob: float):
-        acc = torch.promote_types(q.dtype, torch.float32)  # scores and softmax in at least fp32
-        probs = torch.softmax(torch.baddbmm(bias.to(acc), q.to(acc), k.to(acc).transpose(1, 2), alpha=scale), -1)
-        ctx.save_for_backward(q, k, v, probs, keep)
-        ctx.scale, ctx.keep_prob, ctx.bias_dtype = scale, keep_prob, bias.dtype
-        return torch.bmm(BiasedAttention._dropped(probs, keep, keep_prob).to(v.dtype), v)
-
-    @staticmethod
-    def _dropped(x, keep, keep_prob):
-        return x if keep is None else x * keep / keep_prob
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        q, k, v, probs, keep = ctx.saved_tensors
-        dropped = BiasedAttention._dropped(probs, keep, ctx.keep_prob).to(v.dtype)
-        grad_v = torch.bmm(dropped.transpose(1, 2), grad_out)
-        grad_probs = BiasedAttention._dropped(torch.bmm(grad_out, v.transpose(1, 2)).to(probs.dtype), keep,
-                                              ctx.keep_prob)
-        grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
-        grad_q = torch.bmm(grad_scores, k.to(probs.dtype)).mul_(ctx.scale).to(q.dtype)
-        grad_k = torch.bmm(grad_scores.transpose(1, 2), q.to(probs.dtype)).mul_(ctx.scale).to(k.dtype)
-        return grad_q, grad_k, grad_v, grad_scores.to(ctx.bias_dtype), None, None, None
-
-
-def attend(q_BHQD, k_BHKD, v_BHKD, bias_BHQK, scale: float, dropout_prob: float):
-    """softmax(q k^T * scale + bias) v with attention dropout; [B, H, Lq, D].
-
-    On CUDA: PyTorch SDPA (its memory-efficient kernel takes a bias with gradient and never stores the
-    probabilities). Elsewhere: `BiasedAttention`.
-    """
-    if q_BHQD.is_cuda:
-        return F.scaled_dot_product_attention(q_BHQD, k_BHKD, v_BHKD, attn_mask=bias_BHQK, scale=scale,
-                                              dropout_p=dropout_prob)
-    B, H, Lq, D = q_BHQD.shape
-    Lk = k_BHKD.shape[-2]
-    keep = torch.rand(B * H, Lq, Lk, device=q_BHQD.device) >= dropout_prob if dropout_prob > 0 else None
-    out = BiasedAttention.apply(q_BHQD.reshape(B * H, Lq, D), k_BHKD.reshape(B * H, Lk, D),
-                                v_BHKD.reshape(B * H, Lk, D), bias_BHQK.expand(B, H, Lq, Lk).reshape(B * H, Lq, Lk),
-                                scale, keep, 1.0 - dropout_prob)
-    return out.view(B, H, Lq, D)
+def use_cpu_kernel(x: torch.Tensor) -> bool:
+    """Whether attention runs as `DisentangledAttention` (CPU) rather than autograd ops + SDPA (GPU)."""
+    return not x.is_cuda
 
 
 class DisentangledSelfAttention(nn.Module):
@@ -149,14 +104,10 @@ class DisentangledSelfAttention(nn.Module):
                 self.pos_key_proj = nn.Linear(hidden, hidden)
             if "p2c" in self.pos_terms:
                 self.pos_query_proj = nn.Linear(hidden, hidden)
-        self.pos_dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.pos_dropout = Dropout(config.hidden_dropout_prob)
         self.dropout_prob = config.attention_probs_dropout_prob
         # 1 / sqrt(D * (1 + number of position terms)): each term adds variance, so the scale grows with them.
         self.scale = 1.0 / math.sqrt(self.head_size * (1 + len(self.pos_terms)))
-
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        """[..., L, H*D] -> [..., H, L, D]."""
-        return x.unflatten(-1, (self.num_heads, self.head_size)).transpose(-3, -2)
 
     def forward(self, hidden_states: torch.Tensor, key_padding_mask: torch.Tensor,
                 query_states: torch.Tensor | None = None, rel_embeddings: torch.Tensor | None = None,
@@ -164,50 +115,80 @@ class DisentangledSelfAttention(nn.Module):
         """hidden_states [B, Lk, HD] give keys and values; query_states [B, Lq, HD] (default: hidden_states).
 
         key_padding_mask [B, Lk] bool, True at real tokens. rel_embeddings [R, HD] (already normalised and sliced),
-        rel_idx [Lq, Lk] (or per sequence [B, 1, Lq, Lk]) indexes its rows. Returns the context [B, Lq, HD]
+        rel_idx [Lq, Lk] (or per sequence [B, Lq, Lk]) indexes its rows. Returns the context [B, Lq, HD]
         before the output projection.
         """
         if query_states is None:
             query_states = hidden_states
-        q_BQX, k_BKX = self.query_proj(query_states), self.key_proj(hidden_states)
-        # The position terms and the padding enter attention as one additive bias, summed in fp32 (official code:
-        # fp32 scores; fp16/bf16 overflow otherwise) and rounded once to the model dtype on GPU.
-        bias = self._position_bias(q_BQX, k_BKX, rel_embeddings, rel_idx) if self.pos_terms \
-            else q_BQX.new_zeros(1, dtype=torch.float32)
-        bias = bias.masked_fill(~key_padding_mask[:, None, None, :], torch.finfo(torch.float32).min)
-        if q_BQX.is_cuda:
-            bias = bias.to(q_BQX.dtype)
-        context = attend(self._heads(q_BQX), self._heads(k_BKX), self._heads(self.value_proj(hidden_states)), bias,
-                         self.scale, self.dropout_prob if self.training else 0.0)
-        return context.transpose(-3, -2).flatten(-2)
+        q_BQX = self.query_proj(query_states)
+        k_BKX, v_BKX = self.key_proj(hidden_states), self.value_proj(hidden_states)
+        pos_key_RX, pos_query_RX = self._relative_tables(rel_embeddings)
+        dropout_prob = self.dropout_prob if self.training else 0.0
+        if use_cpu_kernel(q_BQX):
+            return self._cpu_attention(q_BQX, k_BKX, v_BKX, pos_key_RX, pos_query_RX, rel_idx, key_padding_mask,
+                                       dropout_prob)
+        return self._sdpa_attention(q_BQX, k_BKX, v_BKX, pos_key_RX, pos_query_RX, rel_idx, key_padding_mask,
+                                    dropout_prob)
 
-    def _per_head(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, L, H*D] -> [H, B*L, D] (a view): one large product per head instead of B*H small ones."""
-        return x.reshape(-1, self.num_heads, self.head_size).transpose(0, 1)
-
-    def _against_table(self, x_BLX: torch.Tensor, table_RX: torch.Tensor) -> torch.Tensor:
-        """x . table^T per head, [B, H, L, R]; table already scaled."""
-        B, L, _ = x_BLX.shape
-        out_HNR = torch.bmm(self._per_head(x_BLX), self._per_head(table_RX).transpose(1, 2))
-        return out_HNR.view(self.num_heads, B, L, -1).transpose(0, 1)
-
-    def _position_bias(self, q_BQX: torch.Tensor, k_BKX: torch.Tensor, rel_embeddings: torch.Tensor,
-                       rel_idx: torch.Tensor) -> torch.Tensor:
-        """(c2p + p2c) * scale in fp32 (eq. 4): the scale is folded into the small projected position tables."""
+    def _relative_tables(self, rel_embeddings):
+        """(pos_key, pos_query) [R, HD], each None when its term is off; the score scale is folded in here, on the
+        small tables, instead of on [B, H, L, L] scores."""
+        if not self.pos_terms:
+            return None, None
         rel = self.pos_dropout(rel_embeddings)
-        B, H, Lq, Lk = q_BQX.shape[0], self.num_heads, q_BQX.shape[1], k_BKX.shape[1]
-        out = 0
+        pos_key = pos_query = None
         if "c2p" in self.pos_terms:
-            proj = self.key_proj if self.share_att_key else self.pos_key_proj
-            c2p_BHQR = self._against_table(q_BQX, proj(rel) * self.scale)
-            out = out + RelativeGather.apply(c2p_BHQR, rel_idx.expand(B, H, Lq, Lk)).float()
+            pos_key = (self.key_proj if self.share_att_key else self.pos_key_proj)(rel) * self.scale
         if "p2c" in self.pos_terms:
-            proj = self.query_proj if self.share_att_key else self.pos_query_proj
-            p2c_BHKR = self._against_table(k_BKX, proj(rel) * self.scale)
-            # p2c(i, j) = P[j, idx(i, j)]: gather row j with idx transposed, then transpose back to [i, j].
+            pos_query = (self.query_proj if self.share_att_key else self.pos_query_proj)(rel) * self.scale
+        return pos_key, pos_query
+
+    def _head_major(self, x_BLX: torch.Tensor) -> torch.Tensor:
+        """[B, L, H*D] -> contiguous [H, B, L, D]."""
+        return x_BLX.unflatten(-1, (self.num_heads, self.head_size)).permute(2, 0, 1, 3).contiguous()
+
+    def _against_table(self, x_HBLD: torch.Tensor, table_RX: torch.Tensor | None) -> torch.Tensor | None:
+        """x . table^T per head: one [B*L, D] x [D, R] product per head, [H, B, L, R]."""
+        if table_RX is None:
+            return None
+        H, B, L, D = x_HBLD.shape
+        table_HDR = table_RX.view(-1, H, D).permute(1, 2, 0)
+        return torch.bmm(x_HBLD.reshape(H, B * L, D), table_HDR).view(H, B, L, -1)
+
+    def _cpu_attention(self, q_BQX, k_BKX, v_BKX, pos_key_RX, pos_query_RX, rel_idx, key_padding_mask,
+                       dropout_prob):
+        q_HBQD, k_HBKD, v_HBKD = self._head_major(q_BQX), self._head_major(k_BKX), self._head_major(v_BKX)
+        H, B, Lq, D = q_HBQD.shape
+        Lk = k_HBKD.shape[2]
+        keep = keep_mask((H * B, Lq, Lk), dropout_prob) if dropout_prob > 0 else None
+        context = DisentangledAttention.apply(
+            q_HBQD.view(H * B, Lq, D), k_HBKD.view(H * B, Lk, D), v_HBKD.view(H * B, Lk, D),
+            self._against_table(q_HBQD, pos_key_RX), self._against_table(k_HBKD, pos_query_RX), rel_idx,
+            key_padding_mask, self.scale, keep, 1.0 - dropout_prob)
+        return context.view(H, B, Lq, D).permute(1, 2, 0, 3).reshape(B, Lq, H * D)
+
+    def _sdpa_attention(self, q_BQX, k_BKX, v_BKX, pos_key_RX, pos_query_RX, rel_idx, key_padding_mask,
+                        dropout_prob):
+        """Position terms and padding as one additive bias for SDPA (its memory-efficient kernel takes a bias with
+        gradient and never stores the probabilities), summed in fp32 as the official code does."""
+        heads = lambda x: x.unflatten(-1, (self.num_heads, self.head_size)).transpose(1, 2)  # noqa: E731
+        q_BHQD, k_BHKD = heads(q_BQX), heads(k_BKX)
+        B, H, Lq, Lk = q_BHQD.shape[0], self.num_heads, q_BHQD.shape[2], k_BHKD.shape[2]
+        bias = q_BQX.new_zeros(1, dtype=torch.float32)
+        if rel_idx is not None:
+            rel_idx = rel_idx.unsqueeze(-3)  # [1 or B, 1, Lq, Lk]
+        as_HBLD = lambda x: x.transpose(0, 1)  # noqa: E731  (a view; bmm takes the strides)
+        if pos_key_RX is not None:
+            c2p_BHQR = self._against_table(as_HBLD(q_BHQD), pos_key_RX).transpose(0, 1)
+            bias = bias + RelativeGather.apply(c2p_BHQR, rel_idx.expand(B, H, Lq, Lk)).float()
+        if pos_query_RX is not None:
+            p2c_BHKR = self._against_table(as_HBLD(k_BHKD), pos_query_RX).transpose(0, 1)
             p2c_BHKQ = RelativeGather.apply(p2c_BHKR, rel_idx.transpose(-1, -2).expand(B, H, Lk, Lq))
-            out = out + p2c_BHKQ.transpose(-1, -2).float()
-        return out
+            bias = bias + p2c_BHKQ.transpose(-1, -2).float()
+        bias = bias.masked_fill(~key_padding_mask[:, None, None, :], torch.finfo(torch.float32).min)
+        context = F.scaled_dot_product_attention(q_BHQD, k_BHKD, heads(v_BKX), attn_mask=bias.to(q_BQX.dtype),
+                                                 scale=self.scale, dropout_p=dropout_prob)
+        return context.transpose(1, 2).flatten(-2)
 
 
 def activation(name: str):

@@ -12,6 +12,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from .attention import DisentangledSelfAttention, activation, relative_index
+from .dropout import Dropout
 
 
 class Embeddings(nn.Module):
@@ -33,7 +34,7 @@ class Embeddings(nn.Module):
         self.token_type_embeddings = (nn.Embedding(config.type_vocab_size, config.hidden_size)
                                       if config.type_vocab_size > 0 else None)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 word_embedding_weight: torch.Tensor | None = None) -> torch.Tensor:
@@ -78,7 +79,7 @@ class SelfOutput(nn.Module):
         super().__init__()
         self.dense = nn.Linear(in_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         return self.LayerNorm(self.dropout(self.dense(x)) + residual)

@@ -29,9 +29,13 @@ class LMPredictionHead(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
+    def transform(self, h: torch.Tensor) -> torch.Tensor:
+        """LayerNorm(act(dense(h))): the states that are projected onto the vocabulary."""
+        return self.LayerNorm(self.act(self.dense(h)))
+
     def forward(self, h: torch.Tensor, word_embedding_weight: torch.Tensor) -> torch.Tensor:
         """h [..., HD] -> logits [..., V] against the (tied) word embedding table."""
-        return torch.matmul(self.LayerNorm(self.act(self.dense(h))), word_embedding_weight.t()) + self.bias
+        return torch.matmul(self.transform(h), word_embedding_weight.t()) + self.bias
 
 
 class RTDHead(nn.Module):
@@ -66,7 +70,7 @@ def enhanced_mask_decoder(backbone: DebertaV3Model, hidden_BLH: torch.Tensor, ke
     position_BM[batch_N, slot_N] = position_N
     hidden_BMH = torch.gather(hidden_BLH, 1, position_BM.unsqueeze(-1).expand(-1, -1, hidden_BLH.shape[-1]))
     query = backbone.embeddings.position_embeddings.weight[position_BM] + hidden_BMH
-    query_idx = rel_idx[position_BM].unsqueeze(1) if rel_idx is not None else None  # [B, 1, M, L]
+    query_idx = rel_idx[position_BM] if rel_idx is not None else None  # [B, M, L]
     last = backbone.encoder.layer[-1]
     for _ in range(2):
         query = last(hidden_BLH, key_padding_mask, query, rel_embeddings, query_idx)
@@ -90,13 +94,23 @@ class MaskedLMModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, masked_BL: torch.Tensor,
                 word_embedding_weight: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [N, V] at the N positions where masked_BL is True (row-major order), and nowhere else."""
-        weight = self.deberta.embeddings.word_embeddings.weight if word_embedding_weight is None \
-            else word_embedding_weight
+        weight = self._table(word_embedding_weight)
+        return torch.matmul(self.masked_states(input_ids, attention_mask, masked_BL, weight), weight.t()) \
+            + self.lm_predictions["lm_head"].bias
+
+    def masked_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, masked_BL: torch.Tensor,
+                      word_embedding_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """The head's transformed states [N, HD] at the masked positions: logits = states E^T + bias."""
+        weight = self._table(word_embedding_weight)
         # The last layer's ordinary pass would be thrown away (the EMD re-applies it), so stop one layer early.
         states, key_padding_mask, relative = self.deberta.hidden_states(
             input_ids, attention_mask, weight, num_layers=self.config.num_hidden_layers - 1)
         decoded_NH = enhanced_mask_decoder(self.deberta, states[-1], key_padding_mask, relative, masked_BL)
-        return self.lm_predictions["lm_head"](decoded_NH, weight)
+        return self.lm_predictions["lm_head"].transform(decoded_NH)
+
+    def _table(self, word_embedding_weight: torch.Tensor | None) -> torch.Tensor:
+        return self.deberta.embeddings.word_embeddings.weight if word_embedding_weight is None \
+            else word_embedding_weight
 
 
 class ReplacedTokenDetectionModel(nn.Module):

@@ -1,0 +1,89 @@
+"""Disentangled attention as one autograd function for the CPU: scores, softmax, dropout and the context in place.
+
+    scores(i, j) = q_i . k_j * scale + c2p[i, idx(i, j)] + p2c[j, idx(i, j)]     (DeBERTa eq. 4, tables pre-scaled)
+    probs = softmax(scores with padded keys at -inf),  context = dropout(probs) v
+
+On a CPU every [N, Lq, Lk] tensor is a pass over memory and, above glibc's mmap threshold, fresh pages to fault in.
+Autograd over the separate ops allocates about ten of them per layer forward and backward (gathers, add, mask,
+scores, softmax, dropout mask and its product, each gradient); this function builds the scores in one buffer,
+keeps only the probabilities and the uint8 keep mask for backward, applies the dropout scale to the small [N, L, D]
+side, and hands the relative tables their gradients by scatter-add. PyTorch's fused CPU attention cannot be used
+in training: it takes neither a bias with a gradient nor dropout.
+
+Layout: head-major, N = H * B, so that the products against the relative tables are one matrix per head.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class DisentangledAttention(torch.autograd.Function):
+    """context [N, Lq, D] from q [N, Lq, D], k and v [N, Lk, D] and the relative products.
+
+    c2p_table [H, B, Lq, R] = q . pos_key^T and p2c_table [H, B, Lk, R] = k . pos_query^T (either may be None),
+    idx [Lq, Lk] or [B, Lq, Lk] indexes their last dimension; key_padding_mask [B, Lk] is True at real tokens;
+    keep [N, Lq, Lk] uint8 (0 where dropped) or None, with keep_prob = 1 - p.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, c2p_table, p2c_table, idx, key_padding_mask, scale: float, keep, keep_prob: float):
+        N, Lq, Lk = q.shape[0], q.shape[1], k.shape[1]
+        B = key_padding_mask.shape[0]
+        H = N // B
+        acc = torch.promote_types(q.dtype, torch.float32)  # scores and softmax in at least fp32 (official code)
+        if c2p_table is None:
+            scores_HBQK = q.new_zeros((H, B, Lq, Lk), dtype=acc)
+        else:
+            scores_HBQK = torch.gather(c2p_table.to(acc), -1, idx.expand(H, B, Lq, Lk))
+        if p2c_table is not None:
+            # p2c(i, j) = P[j, idx(i, j)]: gather row j with the index transposed, then add it transposed back.
+            p2c_HBKQ = torch.gather(p2c_table.to(acc), -1, idx.transpose(-1, -2).expand(H, B, Lk, Lq))
+            scores_HBQK.add_(p2c_HBKQ.transpose(-1, -2))
+            del p2c_HBKQ
+        scores_HBQK.masked_fill_(~key_padding_mask[None, :, None, :], torch.finfo(acc).min)
+        scores = scores_HBQK.view(N, Lq, Lk).baddbmm_(q.to(acc), k.to(acc).transpose(1, 2), alpha=scale)
+        probs = torch.softmax(scores, -1)
+        del scores, scores_HBQK
+        context = torch.bmm((probs if keep is None else probs * keep).to(v.dtype), v)
+        if keep is not None:
+            context.mul_(1.0 / keep_prob)
+        ctx.save_for_backward(q, k, v, probs, keep, idx)
+        ctx.scale, ctx.keep_prob, ctx.saved_batch = scale, keep_prob, B
+        ctx.tables = [None if t is None else (t.shape, t.dtype) for t in (c2p_table, p2c_table)]
+        return context
+
+    @staticmethod
+    def backward(ctx, grad_context):
+        q, k, v, probs, keep, idx = ctx.saved_tensors
+        acc = probs.dtype
+        if keep is not None:
+            grad_context = grad_context * (1.0 / ctx.keep_prob)
+        dropped = probs if keep is None else probs * keep
+        # (g^T P)^T instead of P^T g, and (q^T G)^T instead of G^T q: bmm copies a transposed [N, L, L] operand
+        # (a strided pass over the largest tensors of the step); a transposed [N, L, D] one it takes as is.
+        grad_v = torch.bmm(grad_context.to(v.dtype).transpose(1, 2), dropped.to(v.dtype)).transpose(1, 2)
+        del dropped
+        grad_probs = torch.bmm(grad_context.to(acc), v.to(acc).transpose(1, 2))
+        if keep is not None:
+            grad_probs.mul_(keep)
+        grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, acc)
+        del grad_probs
+        grad_q = torch.bmm(grad_scores, k.to(acc)).mul_(ctx.scale).to(q.dtype)
+        grad_k = torch.bmm(q.to(acc).transpose(1, 2), grad_scores).transpose(1, 2).mul_(ctx.scale).to(k.dtype)
+        N, Lq, Lk = grad_scores.shape
+        B = ctx.saved_batch
+        grad_HBQK = grad_scores.view(N // B, B, Lq, Lk)
+        c2p, p2c = ctx.tables
+        grad_c2p = grad_p2c = None
+        # The adjoint of the gathers: each score's gradient is summed into the table entry it was read from.
+        if c2p is not None:
+            grad_c2p = grad_HBQK.new_zeros(c2p[0]).scatter_add_(-1, idx.expand(grad_HBQK.shape), grad_HBQK)
+            grad_c2p = grad_c2p.to(c2p[1])
+        if p2c is not None:
+            grad_KQ = grad_HBQK.transpose(-1, -2)
+            idx_KQ = idx.transpose(-1, -2).expand(grad_KQ.shape)
+            grad_p2c = grad_HBQK.new_zeros(p2c[0]).scatter_add_(-1, idx_KQ, grad_KQ)
+            grad_p2c = grad_p2c.to(p2c[1])
+        return grad_q, grad_k, grad_v, grad_c2p, grad_p2c, None, None, None, None, None
+

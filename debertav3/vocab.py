@@ -1,0 +1,90 @@
+"""The generator's vocabulary step in row chunks: MLM cross-entropy, its gradient, accuracy and replacement sampling.
+
+For the N masked rows h [N, HD] and the tied table E [V, HD]:
+    logits = h E^T + b,  p = softmax(logits)
+    L_MLM  = sum_n -log p[n, y_n] / denominator          dL/dlogits = (p - onehot(y)) / denominator
+    replacement ~ softmax(logits / T) with special tokens removed (inverse CDF, one uniform per row)
+
+Autograd over these ops keeps [N, V] logits and builds several more [N, V] tensors (log-softmax, its gradient, the
+sampling softmax): 38 MB each for 300 rows of a 32k vocabulary, above glibc's 32 MiB mmap ceiling, so every one is
+fresh pages to fault in. Here rows go through in chunks of at most `CHUNK_BYTES` of logits, and each chunk's
+gradient is formed while its probabilities are in cache; forward returns the loss with the gradients of h, E and b
+already computed, and backward only scales them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+CHUNK_BYTES = 16 * 2 ** 20  # logits per chunk: well below glibc's 32 MiB mmap ceiling, so the heap reuses them
+
+
+def sample_tokens(probs_NV: torch.Tensor, uniforms_N: torch.Tensor, special_ids: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF draw from each row of `probs_NV` with `special_ids` removed (ELECTRA sec. 3.1).
+
+    Token i is drawn when cdf[i-1] < u * cdf[-1] <= cdf[i], u in (0, 1]: a token of zero probability (a special
+    token) can never be drawn, and one uniform per row makes the draw independent of how rows are batched.
+    """
+    cdf = probs_NV.index_fill(-1, special_ids[special_ids < probs_NV.shape[-1]], 0.0).cumsum_(-1)
+    threshold = (uniforms_N.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
+    return torch.searchsorted(cdf, threshold).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
+
+
+class _ChunkedVocabularyLoss(torch.autograd.Function):
+    """Returns (summed CE / denominator, correct argmax count, sampled ids); the last two carry no gradient."""
+
+    @staticmethod
+    def forward(ctx, h_NH, weight_VH, bias_V, targets_N, uniforms_N, denominator, temperature, special_ids):
+        N, V = h_NH.shape[0], weight_VH.shape[0]
+        want_grad = any(ctx.needs_input_grad[:3])
+        grad_h = torch.empty_like(h_NH) if want_grad else None
+        grad_w = torch.zeros_like(weight_VH, dtype=torch.float32) if want_grad else None
+        grad_b = torch.zeros(V, dtype=torch.float32, device=bias_V.device) if want_grad else None
+        loss = h_NH.new_zeros((), dtype=torch.float32)
+        correct = torch.zeros((), dtype=torch.long, device=h_NH.device)
+        sampled = torch.empty(N if uniforms_N is not None else 0, dtype=torch.long, device=h_NH.device)
+        rows = max(1, CHUNK_BYTES // (4 * V))
+        for start in range(0, N, rows):
+            chunk = slice(start, min(start + rows, N))
+            h, targets = h_NH[chunk], targets_N[chunk]
+            logits = torch.addmm(bias_V, h, weight_VH.t()).float()
+            log_probs = torch.log_softmax(logits, -1)
+            loss -= log_probs.gather(-1, targets[:, None]).sum()
+            correct += (logits.argmax(-1) == targets).sum()
+            probs = log_probs.exp_()  # p; log_probs is no longer needed
+            if uniforms_N is not None:
+                sample_probs = probs if temperature == 1.0 else torch.softmax(logits / temperature, -1)
+                sampled[chunk] = sample_tokens(sample_probs, uniforms_N[chunk], special_ids)
+            if want_grad:
+                grad_logits = probs  # (p - onehot(y)) / denominator, in place
+                grad_logits[torch.arange(len(targets), device=targets.device), targets] -= 1.0
+                grad_logits /= denominator
+                grad_h[chunk] = (grad_logits.to(h.dtype) @ weight_VH).to(h.dtype)
+                grad_w += grad_logits.t().to(h.dtype) @ h
+                grad_b += grad_logits.sum(0)
+        ctx.grads = (grad_h, grad_w, grad_b)
+        ctx.weight_dtype, ctx.bias_dtype = weight_VH.dtype, bias_V.dtype
+        ctx.mark_non_differentiable(correct, sampled)
+        return loss / denominator, correct, sampled
+
+    @staticmethod
+    def backward(ctx, grad_loss, _correct, _sampled):
+        if ctx.grads is None:
+            raise RuntimeError("the vocabulary loss was already backpropagated; it cannot retain its graph")
+        grad_h, grad_w, grad_b = ctx.grads
+        ctx.grads = None
+        # In place: these buffers belong to this graph alone, and are [V, HD] in size.
+        grads = [g.mul_(grad_loss) if g is not None else None for g in (grad_h, grad_w, grad_b)]
+        return grads[0], grads[1].to(ctx.weight_dtype), grads[2].to(ctx.bias_dtype), None, None, None, None, None
+
+
+def vocabulary_loss(h_NH: torch.Tensor, weight_VH: torch.Tensor, bias_V: torch.Tensor, targets_N: torch.Tensor,
+                    uniforms_N: torch.Tensor, denominator, temperature: float, special_ids: torch.Tensor):
+    """(L_MLM, MLM accuracy, sampled replacements [N]) for masked rows `h_NH` against the tied table `weight_VH`.
+
+    `denominator` divides the summed cross-entropy (the trainer passes the global masked count); with
+    `uniforms_N` None nothing is sampled (an empty tensor is returned in its place).
+    """
+    loss, correct, sampled = _ChunkedVocabularyLoss.apply(h_NH, weight_VH, bias_V, targets_N, uniforms_N,
+                                                          denominator, temperature, special_ids)
+    return loss, correct.float() / max(targets_N.numel(), 1), sampled

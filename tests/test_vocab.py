@@ -1,0 +1,53 @@
+"""The chunked vocabulary step against the plain autograd composition it replaces."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from debertav3 import vocab
+from debertav3.vocab import sample_tokens, vocabulary_loss
+
+SPECIALS = torch.tensor([0, 1, 2, 3])
+
+
+def inputs(n=23, v=50, h=8):
+    gen = torch.Generator().manual_seed(0)
+    states = torch.randn(n, h, generator=gen, requires_grad=True)
+    table = torch.randn(v, h, generator=gen, requires_grad=True)
+    bias = (0.1 * torch.randn(v, generator=gen)).requires_grad_()
+    targets = torch.randint(4, v, (n,), generator=gen)
+    uniforms = 1.0 - torch.rand(n, generator=gen)
+    return states, table, bias, targets, uniforms
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_chunked_loss_gradients_and_samples_equal_the_unfused_step(monkeypatch, temperature):
+    monkeypatch.setattr(vocab, "CHUNK_BYTES", 4 * 50 * 5)  # 5 rows per chunk: 23 rows take 5 chunks
+    states, table, bias, targets, uniforms = inputs()
+    loss, accuracy, sampled = vocabulary_loss(states, table, bias, targets, uniforms, 40.0, temperature, SPECIALS)
+    got = torch.autograd.grad(3.0 * loss, (states, table, bias))
+
+    logits = states @ table.t() + bias
+    expected_loss = F.cross_entropy(logits, targets, reduction="sum") / 40.0
+    expected = torch.autograd.grad(3.0 * expected_loss, (states, table, bias))
+    probs = torch.softmax(logits.detach() / temperature, -1)
+    assert torch.allclose(loss, expected_loss, atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got, expected))
+    assert accuracy.item() == (logits.argmax(-1) == targets).float().mean().item()
+    assert torch.equal(sampled, sample_tokens(probs, uniforms, SPECIALS))
+
+
+def test_no_sampling_without_uniforms_and_no_second_backward():
+    states, table, bias, targets, _ = inputs()
+    loss, _, sampled = vocabulary_loss(states, table, bias, targets, None, 23, 1.0, SPECIALS)
+    assert sampled.numel() == 0
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="already backpropagated"):
+        loss.backward()
+
+
+def test_inverse_cdf_draw_hand_computed():
+    """Row probabilities [0.1 (special), 0.2, 0.3, 0.4]: without the special token the cdf is [0, .2, .5, .9]/.9."""
+    probs = torch.tensor([[0.1, 0.2, 0.3, 0.4]]).expand(5, 4)
+    uniforms = torch.tensor([0.01, 2 / 9, 0.23, 5 / 9 + 1e-6, 1.0])
+    assert sample_tokens(probs, uniforms, torch.tensor([0])).tolist() == [1, 1, 2, 3, 3]
