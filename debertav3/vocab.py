@@ -38,19 +38,21 @@ class _ChunkedVocabularyLoss(torch.autograd.Function):
         N, V = h_NH.shape[0], weight_VH.shape[0]
         want_grad = any(ctx.needs_input_grad[:3])
         grad_h = torch.empty_like(h_NH) if want_grad else None
-        grad_w = torch.zeros_like(weight_VH, dtype=torch.float32) if want_grad else None
-        grad_b = torch.zeros(V, dtype=torch.float32, device=bias_V.device) if want_grad else None
+        grad_w = grad_b = None
         loss = h_NH.new_zeros((), dtype=torch.float32)
         correct = torch.zeros((), dtype=torch.long, device=h_NH.device)
         sampled = torch.empty(N if uniforms_N is not None else 0, dtype=torch.long, device=h_NH.device)
-        rows = max(1, CHUNK_BYTES // (4 * V))
+        chunks = -(-N // max(1, CHUNK_BYTES // (4 * V)))
+        rows = -(-N // max(chunks, 1))  # equal chunks: [148, 148] rather than [254, 42]
         for start in range(0, N, rows):
             chunk = slice(start, min(start + rows, N))
             h, targets = h_NH[chunk], targets_N[chunk]
             logits = torch.addmm(bias_V, h, weight_VH.t()).float()
             log_probs = torch.log_softmax(logits, -1)
-            loss -= log_probs.gather(-1, targets[:, None]).sum()
-            correct += (logits.argmax(-1) == targets).sum()
+            target_log_probs = log_probs.gather(-1, targets[:, None])
+            loss -= target_log_probs.sum()
+            # argmax == target, read as "the target's logit is the row maximum": amax is a vectorised reduction.
+            correct += (logits.gather(-1, targets[:, None]) >= logits.amax(-1, keepdim=True)).sum()
             probs = log_probs.exp_()  # p; log_probs is no longer needed
             if uniforms_N is not None:
                 sample_probs = probs if temperature == 1.0 else torch.softmax(logits / temperature, -1)
@@ -60,8 +62,8 @@ class _ChunkedVocabularyLoss(torch.autograd.Function):
                 grad_logits[torch.arange(len(targets), device=targets.device), targets] -= 1.0
                 grad_logits /= denominator
                 grad_h[chunk] = (grad_logits.to(h.dtype) @ weight_VH).to(h.dtype)
-                grad_w += grad_logits.t().to(h.dtype) @ h
-                grad_b += grad_logits.sum(0)
+                grad_w = _add_product(grad_w, grad_logits.t().to(h.dtype), h)
+                grad_b = grad_logits.sum(0) if grad_b is None else grad_b.add_(grad_logits.sum(0))
         ctx.grads = (grad_h, grad_w, grad_b)
         ctx.weight_dtype, ctx.bias_dtype = weight_VH.dtype, bias_V.dtype
         ctx.mark_non_differentiable(correct, sampled)
@@ -76,6 +78,15 @@ class _ChunkedVocabularyLoss(torch.autograd.Function):
         # In place: these buffers belong to this graph alone, and are [V, HD] in size.
         grads = [g.mul_(grad_loss) if g is not None else None for g in (grad_h, grad_w, grad_b)]
         return grads[0], grads[1].to(ctx.weight_dtype), grads[2].to(ctx.bias_dtype), None, None, None, None, None
+
+
+def _add_product(total: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """total + a @ b in fp32, accumulated in place (no zero fill, no [V, HD] temporary) when the dtypes allow."""
+    if total is None:
+        return (a @ b).float()
+    if a.dtype == b.dtype == total.dtype and not torch.is_autocast_enabled(total.device.type):
+        return total.addmm_(a, b)
+    return total.add_(a @ b)
 
 
 def vocabulary_loss(h_NH: torch.Tensor, weight_VH: torch.Tensor, bias_V: torch.Tensor, targets_N: torch.Tensor,

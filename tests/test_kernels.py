@@ -2,11 +2,10 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from debertav3.model.attention import RelativeGather
 from debertav3.model.cpu_attention import DisentangledAttention
-from debertav3.model.backbone import ActivationLinear
+from debertav3.model.dropout import Dropout, keep_mask
 
 
 def double(*shape, seed=0):
@@ -39,7 +38,7 @@ def test_disentangled_attention_gradcheck_without_and_with_drop_mask(per_sequenc
     q, k, v, c2p, p2c, idx, padding = attention_inputs(per_sequence_index=per_sequence_index)
     run = lambda keep, prob: lambda *t: DisentangledAttention.apply(*t, idx, padding, 0.5, keep, prob)  # noqa: E731
     assert torch.autograd.gradcheck(run(None, 1.0), (q, k, v, c2p, p2c))
-    keep = (torch.rand(4, 3, 5, generator=torch.Generator().manual_seed(7)) >= 0.3).to(torch.uint8)
+    keep = (torch.rand(4, 3, 5, generator=torch.Generator().manual_seed(7)) >= 0.3)
     assert torch.autograd.gradcheck(run(keep, 0.7), (q, k, v, c2p, p2c))
     only_c2p = lambda *t: DisentangledAttention.apply(*t, None, idx, padding, 0.5, keep, 0.7)  # noqa: E731
     assert torch.autograd.gradcheck(only_c2p, (q, k, v, c2p))
@@ -49,7 +48,7 @@ def test_disentangled_attention_equals_unfused_composition():
     inputs = attention_inputs(H=3, B=2, Lq=7, Lk=9, D=8, R=11, per_sequence_index=True)
     q, k, v, c2p, p2c = (t.float().detach().requires_grad_() for t in inputs[:5])
     idx, padding = inputs[5:]
-    keep = (torch.rand(6, 7, 9, generator=torch.Generator().manual_seed(5)) >= 0.1).to(torch.uint8)
+    keep = (torch.rand(6, 7, 9, generator=torch.Generator().manual_seed(5)) >= 0.1)
     ours = DisentangledAttention.apply(q, k, v, c2p, p2c, idx, padding, 0.25, keep, 0.9)
     reference = unfused_attention(q, k, v, c2p, p2c, idx, padding, 0.25, keep, 0.9)
     grad = torch.randn_like(ours)
@@ -65,6 +64,22 @@ def test_relative_gather_gradcheck():
     assert torch.autograd.gradcheck(lambda t: RelativeGather.apply(t, index), (table,))
 
 
-def test_activation_linear_gradcheck():
-    pre, weight, bias = double(3, 5, 8, seed=1), double(4, 8, seed=2), double(4, seed=3)
-    assert torch.autograd.gradcheck(lambda *t: ActivationLinear.apply(*t, F.gelu), (pre, weight, bias))
+def test_dropout_rate_scale_gradient_and_seeding():
+    """The drop rate is round(p * 2^16) / 2^16 within 5 binomial standard deviations; kept values are scaled by
+    1 / (1 - p); the gradient is the same mask and scale; the mask follows torch.manual_seed; eval is identity."""
+    p, n = 0.1, 1 << 20
+    torch.manual_seed(0)
+    keep = keep_mask((n,), p)
+    rate = round(p * 65536) / 65536
+    assert abs((~keep).float().mean().item() - rate) < 5 * (rate * (1 - rate) / n) ** 0.5
+    torch.manual_seed(0)
+    assert torch.equal(keep_mask((n,), p), keep)
+    drop = Dropout(p)
+    x = torch.randn(64, 33, requires_grad=True)  # an element count that is not a multiple of 4
+    torch.manual_seed(1)
+    y = drop(x)
+    kept = y != 0
+    assert torch.allclose(y[kept], x[kept] / (1 - p))
+    (grad,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    assert torch.equal(grad, kept.float() / (1 - p))
+    assert drop.eval()(x) is x and Dropout(0.0)(x) is x

@@ -48,30 +48,6 @@ class Embeddings(nn.Module):
         return self.dropout(x)
 
 
-class ActivationLinear(torch.autograd.Function):
-    """linear(act(pre)) that keeps only `pre` for backward: act(pre) is recomputed there (one elementwise pass)
-    instead of being stored for the weight gradient, which saves a [tokens, intermediate] tensor per layer.
-    Casts are explicit, so it works the same with or without autocast."""
-
-    @staticmethod
-    def forward(ctx, pre, weight, bias, act):
-        ctx.save_for_backward(pre, weight, bias)
-        ctx.act = act
-        h = act(pre)
-        return F.linear(h, weight.to(h.dtype), bias.to(h.dtype))
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        pre, weight, bias = ctx.saved_tensors
-        with torch.enable_grad():
-            pre_leaf = pre.detach().requires_grad_()
-            h = ctx.act(pre_leaf)
-        (grad_pre,) = torch.autograd.grad(h, pre_leaf, grad_out @ weight.to(grad_out.dtype))
-        g_NO, h_NI = grad_out.reshape(-1, grad_out.shape[-1]), h.detach().reshape(-1, h.shape[-1])
-        grad_weight = (g_NO.t() @ h_NI.to(g_NO.dtype)).to(weight.dtype)
-        return grad_pre, grad_weight, g_NO.sum(0).to(bias.dtype), None
-
-
 class SelfOutput(nn.Module):
     """dense -> dropout -> LayerNorm(x + residual) (keys `attention.output.*` and `output.*`)."""
 
@@ -101,15 +77,14 @@ class Intermediate(nn.Module):
 
 
 class FeedForwardOutput(SelfOutput):
-    """LayerNorm(dropout(dense(act(pre))) + residual), with the activation fused into the projection's autograd."""
+    """LayerNorm(dropout(dense(act(pre))) + residual): the activation is applied here, to `Intermediate`'s output."""
 
     def __init__(self, config: ModelConfig):
         super().__init__(config.intermediate_size, config)
         self.act = activation(config.hidden_act)
 
     def forward(self, pre: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        out = ActivationLinear.apply(pre, self.dense.weight, self.dense.bias, self.act)
-        return self.LayerNorm(self.dropout(out) + residual)
+        return self.LayerNorm(self.dropout(self.dense(self.act(pre))) + residual)
 
 
 class Layer(nn.Module):

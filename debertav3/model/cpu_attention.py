@@ -6,7 +6,7 @@
 On a CPU every [N, Lq, Lk] tensor is a pass over memory and, above glibc's mmap threshold, fresh pages to fault in.
 Autograd over the separate ops allocates about ten of them per layer forward and backward (gathers, add, mask,
 scores, softmax, dropout mask and its product, each gradient); this function builds the scores in one buffer,
-keeps only the probabilities and the uint8 keep mask for backward, applies the dropout scale to the small [N, L, D]
+keeps only the probabilities and the bool keep mask for backward, applies the dropout scale to the small [N, L, D]
 side, and hands the relative tables their gradients by scatter-add. PyTorch's fused CPU attention cannot be used
 in training: it takes neither a bias with a gradient nor dropout.
 
@@ -23,7 +23,7 @@ class DisentangledAttention(torch.autograd.Function):
 
     c2p_table [H, B, Lq, R] = q . pos_key^T and p2c_table [H, B, Lk, R] = k . pos_query^T (either may be None),
     idx [Lq, Lk] or [B, Lq, Lk] indexes their last dimension; key_padding_mask [B, Lk] is True at real tokens;
-    keep [N, Lq, Lk] uint8 (0 where dropped) or None, with keep_prob = 1 - p.
+    keep [N, Lq, Lk] bool (False where dropped) or None, with keep_prob = 1 - p.
     """
 
     @staticmethod
@@ -37,15 +37,13 @@ class DisentangledAttention(torch.autograd.Function):
         else:
             scores_HBQK = torch.gather(c2p_table.to(acc), -1, idx.expand(H, B, Lq, Lk))
         if p2c_table is not None:
-            # p2c(i, j) = P[j, idx(i, j)]: gather row j with the index transposed, then add it transposed back.
-            p2c_HBKQ = torch.gather(p2c_table.to(acc), -1, idx.transpose(-1, -2).expand(H, B, Lk, Lq))
-            scores_HBQK.add_(p2c_HBKQ.transpose(-1, -2))
-            del p2c_HBKQ
-        scores_HBQK.masked_fill_(~key_padding_mask[None, :, None, :], torch.finfo(acc).min)
+            scores_HBQK.add_(_read_p2c(p2c_table.to(acc), idx))
+        if not key_padding_mask.all():
+            scores_HBQK.masked_fill_(~key_padding_mask[None, :, None, :], torch.finfo(acc).min)
         scores = scores_HBQK.view(N, Lq, Lk).baddbmm_(q.to(acc), k.to(acc).transpose(1, 2), alpha=scale)
         probs = torch.softmax(scores, -1)
         del scores, scores_HBQK
-        context = torch.bmm((probs if keep is None else probs * keep).to(v.dtype), v)
+        context = torch.bmm((probs if keep is None else torch.where(keep, probs, 0.0)).to(v.dtype), v)
         if keep is not None:
             context.mul_(1.0 / keep_prob)
         ctx.save_for_backward(q, k, v, probs, keep, idx)
@@ -59,14 +57,14 @@ class DisentangledAttention(torch.autograd.Function):
         acc = probs.dtype
         if keep is not None:
             grad_context = grad_context * (1.0 / ctx.keep_prob)
-        dropped = probs if keep is None else probs * keep
+        dropped = probs if keep is None else torch.where(keep, probs, 0.0)
         # (g^T P)^T instead of P^T g, and (q^T G)^T instead of G^T q: bmm copies a transposed [N, L, L] operand
         # (a strided pass over the largest tensors of the step); a transposed [N, L, D] one it takes as is.
         grad_v = torch.bmm(grad_context.to(v.dtype).transpose(1, 2), dropped.to(v.dtype)).transpose(1, 2)
         del dropped
         grad_probs = torch.bmm(grad_context.to(acc), v.to(acc).transpose(1, 2))
         if keep is not None:
-            grad_probs.mul_(keep)
+            torch.where(keep, grad_probs, grad_probs.new_zeros(()), out=grad_probs)
         grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, acc)
         del grad_probs
         grad_q = torch.bmm(grad_scores, k.to(acc)).mul_(ctx.scale).to(q.dtype)
@@ -81,9 +79,36 @@ class DisentangledAttention(torch.autograd.Function):
             grad_c2p = grad_HBQK.new_zeros(c2p[0]).scatter_add_(-1, idx.expand(grad_HBQK.shape), grad_HBQK)
             grad_c2p = grad_c2p.to(c2p[1])
         if p2c is not None:
-            grad_KQ = grad_HBQK.transpose(-1, -2)
-            idx_KQ = idx.transpose(-1, -2).expand(grad_KQ.shape)
-            grad_p2c = grad_HBQK.new_zeros(p2c[0]).scatter_add_(-1, idx_KQ, grad_KQ)
-            grad_p2c = grad_p2c.to(p2c[1])
+            grad_p2c = _p2c_gradient(grad_HBQK, p2c[0], idx).to(p2c[1])
         return grad_q, grad_k, grad_v, grad_c2p, grad_p2c, None, None, None, None, None
 
+
+
+def _flat_p2c_index(idx_QK: torch.Tensor, rows: int) -> torch.Tensor:
+    """Position of P[j, idx(i, j)] in the flattened [Lk * R] table of one (head, sequence), for each (i, j)."""
+    return (idx_QK + torch.arange(idx_QK.shape[-1], device=idx_QK.device) * rows).view(-1)
+
+
+def _read_p2c(table_HBKR: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """p2c(i, j) = P[j, idx(i, j)] as [H, B, Lq, Lk].
+
+    A shared [Lq, Lk] index reads the flattened table with index_select, which writes [i, j] in order; gathering
+    row j and transposing the result, the only form a per-sequence index allows, is 1.4x slower at L = 512.
+    """
+    H, B, Lk, R = table_HBKR.shape
+    Lq = idx.shape[-2]
+    if idx.dim() == 2:
+        flat = torch.index_select(table_HBKR.reshape(H * B, Lk * R), 1, _flat_p2c_index(idx, R))
+        return flat.view(H, B, Lq, Lk)
+    return torch.gather(table_HBKR, -1, idx.transpose(-1, -2).expand(H, B, Lk, Lq)).transpose(-1, -2)
+
+
+def _p2c_gradient(grad_HBQK: torch.Tensor, table_shape: torch.Size, idx: torch.Tensor) -> torch.Tensor:
+    """The adjoint of `_read_p2c`: each score's gradient summed into the entry it was read from."""
+    H, B, Lk, R = table_shape
+    grad_table = grad_HBQK.new_zeros(table_shape)
+    if idx.dim() == 2:
+        grad_table.view(H * B, Lk * R).index_add_(1, _flat_p2c_index(idx, R), grad_HBQK.reshape(H * B, -1))
+        return grad_table
+    grad_KQ = grad_HBQK.transpose(-1, -2)
+    return grad_table.scatter_add_(-1, idx.transpose(-1, -2).expand(grad_KQ.shape), grad_KQ)

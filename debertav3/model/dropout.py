@@ -4,7 +4,7 @@ torch's CPU dropout draws one double-precision Bernoulli per element from a sing
 element on a 2-core machine; a training step of the issue-8 model draws 27 such masks, a tenth of the step. Here each
 64-bit draw of the same default generator is cut into four 16-bit integers, and an element is dropped when its
 integer falls below round(p * 2^16): five times faster, reproducible under `torch.manual_seed`, with a drop
-probability of round(p * 65536) / 65536 (0.1000061 for p = 0.1). Backward keeps the mask as uint8 (1 byte per
+probability of round(p * 65536) / 65536 (0.1000061 for p = 0.1). Backward keeps the mask as bool (1 byte per
 element). On CUDA, `F.dropout` (fused Philox) is used unchanged.
 """
 
@@ -20,28 +20,29 @@ _LEVELS = 1 << 16
 
 
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device=None) -> torch.Tensor:
-    """uint8 tensor of `shape`: 0 (dropped) with probability round(p * 2^16) / 2^16, else 1; default generator.
+    """Bool tensor of `shape`: False (dropped) with probability round(p * 2^16) / 2^16; default generator.
 
-    uint8 rather than bool because `x * mask` is 2.5x faster than `x.masked_fill(~mask, 0)` on CPU."""
+    Apply it as `torch.where(keep, x, 0)`: on CPU that is 1.4x faster than `x * keep` (which first converts the
+    mask to x's dtype) and 2x faster than `x.masked_fill(~keep, 0)`."""
     numel = math.prod(shape)
     words = torch.empty((numel + 3) // 4, dtype=torch.int64, device=device).random_(-2 ** 63, None)
     levels = words.view(torch.int16)[:numel].view(shape)  # int16 in [-2^15, 2^15), uniform
-    return (levels >= round(p * _LEVELS) - _LEVELS // 2).view(torch.uint8)
+    return levels >= round(p * _LEVELS) - _LEVELS // 2
 
 
 class _MaskedScale(torch.autograd.Function):
-    """x * keep * scale, saving only the uint8 mask (the gradient is the same map)."""
+    """x * keep * scale, saving only the bool mask (the gradient is the same map)."""
 
     @staticmethod
     def forward(ctx, x, keep, scale: float):
         ctx.save_for_backward(keep)
         ctx.scale = scale
-        return x.mul(keep).mul_(scale)
+        return torch.where(keep, x, 0.0).mul_(scale)
 
     @staticmethod
     def backward(ctx, grad):
         (keep,) = ctx.saved_tensors
-        return grad.mul(keep).mul_(ctx.scale), None, None
+        return torch.where(keep, grad, 0.0).mul_(ctx.scale), None, None
 
 
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
