@@ -120,6 +120,15 @@ def gemm_peak(seconds: float = 3.0, size: int = 2048) -> float:
     return best
 
 
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (platform.processor() is empty on most Linux systems)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def flops_per_token(step, batch, tokens: int) -> float:
     with FlopCounterMode(display=False) as counter:
         step.loss(batch).backward()
@@ -167,7 +176,7 @@ def main(argv=None) -> dict:
                         help="our embedding sharing (the baseline shares one table, as es)")
     parser.add_argument("--mmap-threshold", type=int, default=0,
                         help="also measure peak RSS with MALLOC_MMAP_THRESHOLD_ set to this (bytes)")
-    parser.add_argument("--rounds", type=int, default=5, help="timed steps of each, alternating")
+    parser.add_argument("--rounds", type=int, default=9, help="timed steps of each, alternating")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS children")
     parser.add_argument("--output", help="write the results as JSON here")
@@ -187,7 +196,7 @@ def main(argv=None) -> dict:
             start = time.perf_counter()
             step(batch)
             times[name].append(time.perf_counter() - start)
-    result = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+    result = {"machine": f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads",
               "torch": torch.__version__, "shape": vars(args), "gemm_peak_flops": peak}
     for name in steps:
         rate = tokens / statistics.median(times[name])

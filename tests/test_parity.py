@@ -7,7 +7,7 @@ import torch
 
 from debertav3 import DebertaV3Model, preset
 from debertav3.hf import config_to_hf
-from debertav3.model import LMPredictionHead
+from debertav3.model import LMPredictionHead, attention
 
 transformers = pytest.importorskip("transformers", reason="transformers (the dev extra) is the parity reference")
 
@@ -59,8 +59,11 @@ def test_backbone_matches_transformers(share_att_key, pos_att_type, position_buc
             assert diff <= tol, f"length {length}, {dtype}: max abs diff {diff}"
 
 
-def test_gradients_match_transformers():
-    """Every parameter's gradient equals transformers' (our backward passes are partly hand-written)."""
+@pytest.mark.parametrize("cpu_kernel", [True, False], ids=["cpu-kernel", "sdpa-path"])
+def test_gradients_match_transformers(monkeypatch, cpu_kernel):
+    """Every parameter's gradient equals transformers', through the hand-written CPU attention kernel and through
+    the autograd + SDPA path that GPUs take (run here on the CPU, where SDPA falls back to its math kernel)."""
+    monkeypatch.setattr(attention, "use_cpu_kernel", lambda x: cpu_kernel)
     cfg, ours, theirs = paired_models()
     ids = torch.randint(4, cfg.vocab_size, (2, 150), generator=torch.Generator().manual_seed(7))
     mask = torch.ones_like(ids)

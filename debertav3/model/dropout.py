@@ -1,11 +1,11 @@
 """Dropout with a cheap CPU mask (Srivastava et al. 2014: y = x * m / (1 - p), m ~ Bernoulli(1 - p)).
 
 torch's CPU dropout draws one double-precision Bernoulli per element from a single mt19937 stream, about 8 ns per
-element on a 2-core machine; a training step of the issue-8 model draws 27 such masks, a tenth of the step. Here each
-64-bit draw of the same default generator is cut into four 16-bit integers, and an element is dropped when its
-integer falls below round(p * 2^16): five times faster, reproducible under `torch.manual_seed`, with a drop
-probability of round(p * 65536) / 65536 (0.1000061 for p = 0.1). Backward keeps the mask as bool (1 byte per
-element). On CUDA, `F.dropout` (fused Philox) is used unchanged.
+element on a 2-core machine; a training step of the issue-8 model draws about forty masks, which took a tenth of the
+step. Here each 64-bit draw of the same default generator is cut into four 16-bit integers, and an element is
+dropped when its integer falls below round(p * 2^16): four times faster, reproducible under `torch.manual_seed`,
+with a drop probability of round(p * 65536) / 65536 (0.1000061 for p = 0.1). Backward keeps the mask as bool (1 byte
+per element). On CUDA, `F.dropout` (fused Philox) is used unchanged.
 """
 
 from __future__ import annotations
