@@ -6,7 +6,7 @@
 On a CPU every [N, Lq, Lk] tensor is a pass over memory and, above glibc's mmap threshold, fresh pages to fault in.
 Autograd over the separate ops allocates about ten of them per layer forward and backward (gathers, add, mask,
 scores, softmax, dropout mask and its product, each gradient); this function builds the scores in one buffer, keeps
-only the probabilities and the bool keep mask for backward, applies the dropout scale to the small [N, L, D] side,
+only the probabilities and the 0 / 1 keep mask for backward, applies the dropout scale to the small [N, L, D] side,
 and hands the relative tables their gradients by scatter-add (index_add for p2c). PyTorch's fused CPU attention
 cannot be used in training: it takes neither a bias with a gradient nor dropout.
 
@@ -23,7 +23,7 @@ class DisentangledAttention(torch.autograd.Function):
 
     c2p_table [H, B, Lq, R] = q . pos_key^T and p2c_table [H, B, Lk, R] = k . pos_query^T (either may be None),
     idx [Lq, Lk] or [B, Lq, Lk] indexes their last dimension; key_padding_mask [B, Lk] is True at real tokens;
-    keep [N, Lq, Lk] bool (False where dropped) or None, with keep_prob = 1 - p.
+    keep [N, Lq, Lk] fp32 0 / 1 (0 where dropped) or None, with keep_prob = 1 - p.
     """
 
     @staticmethod
@@ -43,7 +43,7 @@ class DisentangledAttention(torch.autograd.Function):
         scores = scores_HBQK.view(N, Lq, Lk).baddbmm_(q.to(acc), k.to(acc).transpose(1, 2), alpha=scale)
         probs = torch.softmax(scores, -1)
         del scores, scores_HBQK
-        context = torch.bmm((probs if keep is None else torch.where(keep, probs, 0.0)).to(v.dtype), v)
+        context = torch.bmm((probs if keep is None else probs * keep).to(v.dtype), v)
         if keep is not None:
             context.mul_(1.0 / keep_prob)
         ctx.save_for_backward(q, k, v, probs, keep, idx)
@@ -57,14 +57,14 @@ class DisentangledAttention(torch.autograd.Function):
         acc = probs.dtype
         if keep is not None:
             grad_context = grad_context * (1.0 / ctx.keep_prob)
-        dropped = probs if keep is None else torch.where(keep, probs, 0.0)
+        dropped = probs if keep is None else probs * keep
         # (g^T P)^T instead of P^T g, and (q^T G)^T instead of G^T q: bmm copies a transposed [N, L, L] operand
         # (a strided pass over the largest tensors of the step); a transposed [N, L, D] one it takes as is.
         grad_v = torch.bmm(grad_context.to(v.dtype).transpose(1, 2), dropped.to(v.dtype)).transpose(1, 2)
         del dropped
         grad_probs = torch.bmm(grad_context.to(acc), v.to(acc).transpose(1, 2))
         if keep is not None:
-            torch.where(keep, grad_probs, grad_probs.new_zeros(()), out=grad_probs)
+            grad_probs.mul_(keep)
         grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, acc)
         del grad_probs
         grad_q = torch.bmm(grad_scores, k.to(acc)).mul_(ctx.scale).to(q.dtype)
