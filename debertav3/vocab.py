@@ -43,7 +43,7 @@ class _ChunkedVocabularyLoss(torch.autograd.Function):
         correct = torch.zeros((), dtype=torch.long, device=h_NH.device)
         sampled = torch.empty(N if uniforms_N is not None else 0, dtype=torch.long, device=h_NH.device)
         chunks = -(-N // max(1, CHUNK_BYTES // (4 * V)))
-        rows = -(-N // max(chunks, 1))  # equal chunks: [148, 148] rather than [254, 42]
+        rows = max(1, -(-N // max(chunks, 1)))  # equal chunks: 3 x 99 rows rather than 131 + 131 + 34
         for start in range(0, N, rows):
             chunk = slice(start, min(start + rows, N))
             h, targets = h_NH[chunk], targets_N[chunk]
@@ -64,6 +64,9 @@ class _ChunkedVocabularyLoss(torch.autograd.Function):
                 grad_h[chunk] = (grad_logits.to(h.dtype) @ weight_VH).to(h.dtype)
                 grad_w = _add_product(grad_w, grad_logits.t().to(h.dtype), h)
                 grad_b = grad_logits.sum(0) if grad_b is None else grad_b.add_(grad_logits.sum(0))
+        if want_grad and grad_w is None:  # no masked rows in this micro-batch
+            grad_w = torch.zeros_like(weight_VH, dtype=torch.float32)
+            grad_b = torch.zeros_like(bias_V, dtype=torch.float32)
         ctx.grads = (grad_h, grad_w, grad_b)
         ctx.weight_dtype, ctx.bias_dtype = weight_VH.dtype, bias_V.dtype
         ctx.mark_non_differentiable(correct, sampled)

@@ -51,3 +51,11 @@ def test_inverse_cdf_draw_hand_computed():
     probs = torch.tensor([[0.1, 0.2, 0.3, 0.4]]).expand(5, 4)
     uniforms = torch.tensor([0.01, 2 / 9, 0.23, 5 / 9 + 1e-6, 1.0])
     assert sample_tokens(probs, uniforms, torch.tensor([0])).tolist() == [1, 1, 2, 3, 3]
+
+
+def test_no_masked_rows_gives_zero_loss_and_zero_gradients():
+    states, table, bias, targets, uniforms = inputs(n=0)
+    loss, accuracy, sampled = vocabulary_loss(states, table, bias, targets, uniforms, 7.0, 1.0, SPECIALS)
+    loss.backward()
+    assert loss.item() == 0.0 and accuracy.item() == 0.0 and sampled.numel() == 0
+    assert not table.grad.any() and not bias.grad.any()
