@@ -122,6 +122,7 @@ class TrainSection:
     keep_last: int = 3
     resume: str = "auto"  # auto | never | a checkpoint directory
     compile: bool = False
+    keep_freed_memory: bool = True  # CPU: glibc keeps freed activations for the next step (train/allocator.py)
     progress: bool = True
     nonfinite: str = "skip"  # non-finite gradients: skip the update and count it, or stop after saving
 

@@ -17,6 +17,7 @@ from ..data import Masker, Tokenizer, build_datasets
 from ..hf import CheckpointError
 from ..rtd import RTDModel, average_pairwise_cosine
 from ..train_config import Config
+from .allocator import keep_freed_memory
 from .batches import BlockSource, make_micro_batch, micro_batch_seed
 from .checkpoint import (CONFIG_FILE, read_state, remove_stale_temporaries, resolve_resume,
                          save_checkpoint)
@@ -74,6 +75,8 @@ class Trainer:
         self.accelerator = Accelerator(mixed_precision=resolve_precision(cfg.train.mixed_precision),
                                        log_with="tensorboard", project_dir=str(self.out))
         set_seed(cfg.train.seed)
+        if cfg.train.keep_freed_memory and self.accelerator.device.type == "cpu":
+            keep_freed_memory()
         try:
             self.tokenizer = Tokenizer.load(cfg.data.tokenizer)
             self.tokenizer.check_fits(cfg.model.vocab_size)
