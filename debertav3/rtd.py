@@ -87,6 +87,12 @@ class RTDModel(nn.Module):
             self.discriminator = ReplacedTokenDetectionModel(discriminator_config, own_word_embeddings=not shared)
             if embedding_sharing == "gdes":
                 self.embedding_delta = nn.Parameter(torch.zeros_like(self.generator_embedding))
+            # Under es the discriminator's lookup gradient reaches the shared table first in backward, then the MLM
+            # head's dense gradient: autograd adds the rows into that in place (one [V, HD] zero fill and add fewer).
+            # A sparse gradient arriving after a dense one is added out of place, so the generator's stays dense.
+            self.discriminator.deberta.embeddings.sparse_gradient = embedding_sharing == "es"
+            if embedding_sharing == "es":  # L_RTD backpropagated alone leaves rows only: the optimizer wants dense
+                self.generator_embedding.register_post_accumulate_grad_hook(_densify_gradient)
         self.register_buffer("special_token_ids", torch.tensor(sorted(set(special_token_ids)), dtype=torch.long),
                              persistent=False)
 
@@ -142,6 +148,11 @@ class RTDModel(nn.Module):
         `forward` draws the same way, chunk by chunk, inside `vocabulary_loss`."""
         return sample_tokens(torch.softmax(logits_NV.float() / self.temperature, -1), uniforms_N,
                              self.special_token_ids)
+
+
+def _densify_gradient(param: torch.Tensor) -> None:
+    if param.grad is not None and param.grad.is_sparse:
+        param.grad = param.grad.to_dense()
 
 
 def to_floats(tensors: dict[str, torch.Tensor]) -> dict[str, float]:

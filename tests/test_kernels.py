@@ -73,8 +73,12 @@ def test_dropout_rate_scale_gradient_and_seeding():
     rate = round(p * 65536) / 65536
     assert set(keep.unique().tolist()) == {0.0, 1.0}
     assert abs((keep == 0).float().mean().item() - rate) < 5 * (rate * (1 - rate) / n) ** 0.5
+    for lane in range(4):  # each 64-bit word gives four 16-bit levels; each lane must drop at the rate
+        lane_rate = (keep[lane::4] == 0).float().mean().item()
+        assert abs(lane_rate - rate) < 5 * (rate * (1 - rate) / (n // 4)) ** 0.5
     torch.manual_seed(0)
     assert torch.equal(keep_mask((n,), p), keep)
+    assert not torch.equal(keep_mask((n,), p), keep)  # the next mask is a fresh draw
     drop = Dropout(p)
     x = torch.randn(64, 33, requires_grad=True)  # an element count that is not a multiple of 4
     torch.manual_seed(1)

@@ -92,6 +92,22 @@ def test_es_one_parameter_trained_by_both_losses():
     assert not is_zero(model.generator_embedding.grad)
 
 
+def test_es_sparse_lookup_gradient_equals_dense_and_leaves_a_dense_gradient():
+    """Under es the discriminator's lookup hands the shared table its rows only; the summed gradient must be the
+    dense lookup's, and dense even when L_RTD is backpropagated alone (fused AdamW takes no sparse gradient)."""
+    model, batch = make_model("es"), make_batch()
+    embeddings = model.discriminator.deberta.embeddings
+    assert embeddings.sparse_gradient
+    for loss_name in ("loss", "rtd_loss"):
+        grads = []
+        for sparse in (True, False):
+            embeddings.sparse_gradient = sparse
+            grads_of(model, loss_name, batch)
+            grads.append(model.generator_embedding.grad)
+        assert not grads[0].is_sparse and torch.allclose(grads[0], grads[1], rtol=1e-6, atol=1e-9)
+        embeddings.sparse_gradient = True
+
+
 def test_nes_separate_tables_and_rtd_leaves_generator_embedding_alone():
     model, batch = make_model("nes"), make_batch()
     assert model.discriminator_embedding() is not model.generator_embedding

@@ -21,6 +21,10 @@ class Embeddings(nn.Module):
     `word_embeddings` may be None when the owner supplies the table in forward (GDES: E_D = sg(E_G) + E_Delta).
     `position_embeddings` exists when the input is position-biased or when the enhanced mask decoder needs
     absolute positions (generator); only in the first case are they added here.
+
+    `sparse_gradient` (set by an owner that knows the table receives a dense gradient later in backward, such as
+    the tied MLM head's) makes the lookup's gradient the looked-up rows only, on CPU: autograd adds it into the
+    dense one in place, where a dense lookup gradient would zero-fill and add a whole [V, HD] table.
     """
 
     def __init__(self, config: ModelConfig, own_word_embeddings: bool = True, absolute_positions: bool = False):
@@ -35,11 +39,14 @@ class Embeddings(nn.Module):
                                       if config.type_vocab_size > 0 else None)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = Dropout(config.hidden_dropout_prob)
+        self.sparse_gradient = False
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 word_embedding_weight: torch.Tensor | None = None) -> torch.Tensor:
         weight = self.word_embeddings.weight if word_embedding_weight is None else word_embedding_weight
-        x = F.embedding(input_ids, weight, padding_idx=self.pad_token_id)
+        # Not under torch.compile, whose backward takes dense gradients only.
+        sparse = self.sparse_gradient and weight.device.type == "cpu" and not torch.compiler.is_compiling()
+        x = F.embedding(input_ids, weight, padding_idx=self.pad_token_id, sparse=sparse)
         if self.position_biased_input:
             x = x + self.position_embeddings.weight[: input_ids.shape[1]]
         if self.token_type_embeddings is not None:  # token types are all zero in pretraining

@@ -2,21 +2,32 @@
 
 torch's CPU dropout draws one double-precision Bernoulli per element from a single mt19937 stream, about 8 ns per
 element on a 2-core machine; a training step of the issue-8 model draws about forty masks, which took a tenth of the
-step. Here each 64-bit draw of the same default generator is cut into four 16-bit integers, and an element is
-dropped when its integer falls below round(p * 2^16): four times faster, reproducible under `torch.manual_seed`,
-with a drop probability of round(p * 65536) / 65536 (0.1000061 for p = 0.1). Backward keeps the mask. On CUDA,
-`F.dropout` (fused Philox) is used unchanged.
+step. Here each 64-bit random word is cut into four 16-bit integers, and an element is dropped when its integer
+falls below round(p * 2^16), giving a drop probability of round(p * 65536) / 65536 (0.1000061 for p = 0.1). The
+words come from numpy's SFC64 generator (O'Neill's small fast counting generator, which passes PractRand and
+BigCrush), seeded for each mask with a 63-bit draw from torch's default generator: masks follow `torch.manual_seed`
+(so a resumed run repeats them), and the words come twice as fast as from torch's mt19937 (`random_`), which made
+mask drawing 3% of a step. Backward keeps the mask. On CUDA, `F.dropout` (fused Philox) is used unchanged.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 _LEVELS = 1 << 16
+
+
+def random_words(count: int, device=None) -> torch.Tensor:
+    """`count` uniformly random int64 words, reproducible under `torch.manual_seed` (see the module docstring)."""
+    if torch.device(device or "cpu").type != "cpu":
+        return torch.empty(count, dtype=torch.int64, device=device).random_(-2 ** 63, None)
+    seed = int(torch.randint(2 ** 63 - 1, ()))
+    return torch.from_numpy(np.random.SFC64(seed).random_raw(count).view(np.int64))
 
 
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device=None, scale: float = 1.0) -> torch.Tensor:
@@ -26,7 +37,7 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device=None, scale:
     of `torch.where(keep, x, 0)` and a quarter of `x.masked_fill(~keep, 0)`, worth the larger mask.
     """
     numel = math.prod(shape)
-    words = torch.empty((numel + 3) // 4, dtype=torch.int64, device=device).random_(-2 ** 63, None)
+    words = random_words((numel + 3) // 4, device)
     levels = words.view(torch.int16)[:numel].view(shape)  # int16 in [-2^15, 2^15), uniform
     mask = torch.ge(levels, round(p * _LEVELS) - _LEVELS // 2, out=torch.empty(shape, device=device))
     return mask if scale == 1.0 else mask.mul_(scale)
