@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from debertav3.model.attention import RelativeGather
-from debertav3.model.cpu_attention import DisentangledAttention
+from debertav3.config import ModelConfig
+from debertav3.model.attention import RelativeGather, log_bucket_position, relative_index
+from debertav3.model.cpu_attention import DisentangledAttention, is_band_index
 from debertav3.model.dropout import Dropout, keep_mask
 
 
@@ -56,6 +57,45 @@ def test_disentangled_attention_equals_unfused_composition():
     expected = torch.autograd.grad(reference, (q, k, v, c2p, p2c), grad)
     assert torch.allclose(ours, reference, atol=1e-6)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(got, expected))
+
+
+def test_band_layout_equals_the_indexed_composition_and_passes_gradcheck():
+    """idx None reads c2p(i, j) = C[i, L-1-i+j] (the key table reversed) and p2c(i, j) = P[j, L-1-j+i]: the same
+    attention as indexing the unreversed tables with i - j + L - 1, forward and backward."""
+    H, B, L, D = 2, 2, 5, 4
+    q, k, v = double(H * B, L, D, seed=1), double(H * B, L, D, seed=2), double(H * B, L, D, seed=3)
+    c2p_reversed, p2c = double(H, B, L, 2 * L - 1, seed=4), double(H, B, L, 2 * L - 1, seed=5)
+    idx = torch.arange(L)[:, None] - torch.arange(L)[None, :] + L - 1
+    padding = torch.ones(B, L, dtype=torch.bool)
+    padding[1, -2:] = False
+    keep = (torch.rand(H * B, L, L, generator=torch.Generator().manual_seed(7)) >= 0.3).float()
+    inputs = (q, k, v, c2p_reversed, p2c)
+    ours = DisentangledAttention.apply(*inputs, None, padding, 0.5, keep, 0.7)
+    reference = unfused_attention(q, k, v, c2p_reversed.flip(-1), p2c, idx, padding, 0.5, keep, 0.7)
+    grad = torch.randn_like(ours)
+    assert torch.allclose(ours, reference, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(ours, inputs, grad), torch.autograd.grad(reference, inputs, grad)):
+        assert torch.allclose(a, b, atol=1e-12)
+    band = lambda c2p, p2c: lambda *t: DisentangledAttention.apply(  # noqa: E731
+        *t[:3], c2p(t), p2c(t), None, padding, 0.5, keep, 0.7)
+    assert torch.autograd.gradcheck(band(lambda t: t[3], lambda t: t[4]), inputs)
+    assert torch.autograd.gradcheck(band(lambda t: t[3], lambda t: None), inputs[:4])
+    assert torch.autograd.gradcheck(band(lambda t: None, lambda t: t[3]), (q, k, v, p2c))
+
+
+def test_band_index_detected_only_where_it_holds():
+    config = ModelConfig(vocab_size=100)  # v3 attention: 256 buckets, a 512-row table
+    outcomes = []
+    for length in (7, 128, 130, 200, 512):
+        distances = torch.arange(1 - length, length)
+        unbucketed = torch.equal(log_bucket_position(distances, 256, 512), distances)
+        idx, _, rows = relative_index(length, length, config)
+        assert is_band_index(idx, rows) is unbucketed, length
+        outcomes.append(unbucketed)
+    assert outcomes[0] and outcomes[1] and not outcomes[-1]
+    idx, _, rows = relative_index(16, 16, config)
+    assert not is_band_index(idx[None].expand(2, 16, 16), rows)  # a per-sequence (EMD) index
+    assert not is_band_index(idx.flip(0), rows)
 
 
 def test_relative_gather_gradcheck():

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from .cpu_attention import DisentangledAttention
+from .cpu_attention import DisentangledAttention, is_band_index
 from .dropout import Dropout, keep_mask
 
 
@@ -161,10 +161,14 @@ class DisentangledSelfAttention(nn.Module):
         H, B, Lq, D = q_HBQD.shape
         Lk = k_HBKD.shape[2]
         keep = keep_mask((H * B, Lq, Lk), dropout_prob) if dropout_prob > 0 else None
+        table = pos_key_RX if pos_key_RX is not None else pos_query_RX
+        band = table is not None and is_band_index(rel_idx, table.shape[0])
+        if band and pos_key_RX is not None:  # the band layout reads c2p from the key table in reverse row order
+            pos_key_RX = pos_key_RX.flip(0)
         context = DisentangledAttention.apply(
             q_HBQD.view(H * B, Lq, D), k_HBKD.view(H * B, Lk, D), v_HBKD.view(H * B, Lk, D),
-            self._against_table(q_HBQD, pos_key_RX), self._against_table(k_HBKD, pos_query_RX), rel_idx,
-            key_padding_mask, self.scale, keep, 1.0 - dropout_prob)
+            self._against_table(q_HBQD, pos_key_RX), self._against_table(k_HBKD, pos_query_RX),
+            None if band else rel_idx, key_padding_mask, self.scale, keep, 1.0 - dropout_prob)
         return context.view(H, B, Lq, D).permute(1, 2, 0, 3).reshape(B, Lq, H * D)
 
     def _sdpa_attention(self, q_BQX, k_BKX, v_BKX, pos_key_RX, pos_query_RX, rel_idx, key_padding_mask,
