@@ -9,8 +9,8 @@ scores, softmax, dropout mask and its product, each gradient); this function bui
 only the probabilities and the 0 / 1 keep mask for backward, applies the dropout scale to the small [N, L, D] side,
 and hands the relative tables their gradients by scatter-add (index_add for p2c). Where no distance within reach is
 bucketed (L <= 130 for v3), the position terms are read and their gradients written through strided band views
-instead (`band_view`), with no index at all. PyTorch's fused CPU attention
-cannot be used in training: it takes neither a bias with a gradient nor dropout.
+instead (`band_view`), with no index at all. PyTorch's fused CPU attention cannot be used in training: it takes
+neither a bias with a gradient nor dropout.
 
 Layout: head-major, N = H * B, so that the products against the relative tables are one matrix per head.
 """
