@@ -74,7 +74,7 @@ class DisentangledAttention(torch.autograd.Function):
         grad_HBQK = grad_scores.view(N // B, B, Lq, Lk)
         c2p, p2c = ctx.tables
         grad_c2p = grad_p2c = None
-        # The adjoint of the gathers: each score's gradient is summed into the table entry it was read from.
+        # The adjoint of the reads: each score's gradient is summed into the table entry it was read from.
         if idx is None:  # band layout: the adjoint of a strided read is a strided write into zeros
             if c2p is not None:
                 grad_c2p = grad_HBQK.new_zeros(c2p[0])
@@ -90,7 +90,6 @@ class DisentangledAttention(torch.autograd.Function):
         grad_c2p = None if c2p is None else grad_c2p.to(c2p[1])
         grad_p2c = None if p2c is None else grad_p2c.to(p2c[1])
         return grad_q, grad_k, grad_v, grad_c2p, grad_p2c, None, None, None, None, None
-
 
 
 def band_view(table_HBLR: torch.Tensor) -> torch.Tensor:
