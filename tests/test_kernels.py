@@ -5,7 +5,7 @@ import torch
 
 from debertav3.config import ModelConfig
 from debertav3.model.attention import RelativeGather, log_bucket_position, relative_index
-from debertav3.model.cpu_attention import DisentangledAttention, is_band_index
+from debertav3.model.cpu_attention import DisentangledAttention, band_table_rows, is_band_index
 from debertav3.model.dropout import Dropout, keep_mask
 
 
@@ -59,27 +59,38 @@ def test_disentangled_attention_equals_unfused_composition():
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(got, expected))
 
 
-def test_band_layout_equals_the_indexed_composition_and_passes_gradcheck():
-    """idx None reads c2p(i, j) = C[i, L-1-i+j] (the key table reversed) and p2c(i, j) = P[j, L-1-j+i]: the same
-    attention as indexing the unreversed tables with i - j + L - 1, forward and backward."""
-    H, B, L, D = 2, 2, 5, 4
+@pytest.mark.parametrize("blocks", [1, 3])
+def test_band_layout_equals_the_indexed_composition_and_passes_gradcheck(blocks):
+    """With idx None the tables are band-layout products: block k, row t, column u holds the full product's entry
+    at table row band_table_rows[k, u]. That is the same attention as indexing the full products with
+    i - j + L - 1, forward and backward (gradients reach the full tables through the block gather)."""
+    H, B, L, D = 2, 2, 6, 4
     q, k, v = double(H * B, L, D, seed=1), double(H * B, L, D, seed=2), double(H * B, L, D, seed=3)
-    c2p_reversed, p2c = double(H, B, L, 2 * L - 1, seed=4), double(H, B, L, 2 * L - 1, seed=5)
+    c2p_full, p2c_full = double(H, B, L, 2 * L - 1, seed=4), double(H, B, L, 2 * L - 1, seed=5)
     idx = torch.arange(L)[:, None] - torch.arange(L)[None, :] + L - 1
     padding = torch.ones(B, L, dtype=torch.bool)
     padding[1, -2:] = False
     keep = (torch.rand(H * B, L, L, generator=torch.Generator().manual_seed(7)) >= 0.3).float()
-    inputs = (q, k, v, c2p_reversed, p2c)
-    ours = DisentangledAttention.apply(*inputs, None, padding, 0.5, keep, 0.7)
-    reference = unfused_attention(q, k, v, c2p_reversed.flip(-1), p2c, idx, padding, 0.5, keep, 0.7)
+
+    def blocked(full, term):  # [H, B, L, R] -> [H, K, B, T, W]
+        rows_KW = band_table_rows(L, blocks, term)
+        K, W = rows_KW.shape
+        per_block = full.view(H, B, K, L // K, -1)
+        return torch.gather(per_block, -1, rows_KW[:, None, :].expand(H, B, K, L // K, W)).transpose(1, 2)
+
+    c2p, p2c = blocked(c2p_full, "c2p").contiguous(), blocked(p2c_full, "p2c").contiguous()
+    ours = DisentangledAttention.apply(q, k, v, c2p, p2c, None, padding, 0.5, keep, 0.7)
+    reference = unfused_attention(q, k, v, c2p_full, p2c_full, idx, padding, 0.5, keep, 0.7)
     grad = torch.randn_like(ours)
     assert torch.allclose(ours, reference, atol=1e-12)
+    inputs = (q, k, v, c2p_full, p2c_full)
     for a, b in zip(torch.autograd.grad(ours, inputs, grad), torch.autograd.grad(reference, inputs, grad)):
         assert torch.allclose(a, b, atol=1e-12)
+    c2p, p2c = c2p.detach().requires_grad_(), p2c.detach().requires_grad_()
     band = lambda c2p, p2c: lambda *t: DisentangledAttention.apply(  # noqa: E731
         *t[:3], c2p(t), p2c(t), None, padding, 0.5, keep, 0.7)
-    assert torch.autograd.gradcheck(band(lambda t: t[3], lambda t: t[4]), inputs)
-    assert torch.autograd.gradcheck(band(lambda t: t[3], lambda t: None), inputs[:4])
+    assert torch.autograd.gradcheck(band(lambda t: t[3], lambda t: t[4]), (q, k, v, c2p, p2c))
+    assert torch.autograd.gradcheck(band(lambda t: t[3], lambda t: None), (q, k, v, c2p))
     assert torch.autograd.gradcheck(band(lambda t: None, lambda t: t[3]), (q, k, v, p2c))
 
 

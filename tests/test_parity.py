@@ -48,8 +48,9 @@ def test_backbone_matches_transformers(share_att_key, pos_att_type, position_buc
     cfg, ours, theirs = paired_models(share_att_key=share_att_key, pos_att_type=pos_att_type,
                                       position_buckets=position_buckets, norm_rel_ebd=norm_rel_ebd)
     gen = torch.Generator().manual_seed(1)
-    # One length under and one over position_buckets, so both the linear and the log-bucket ranges are exercised.
-    for length in (37, 300):
+    # Lengths under position_buckets (the CPU band layout unblocked, then in two blocks of 32) and one over it,
+    # so both the linear and the log-bucket ranges are exercised.
+    for length in (37, 64, 300):
         ids = torch.randint(4, cfg.vocab_size, (2, length), generator=gen)
         mask = torch.ones_like(ids)
         for dtype, tol in ((torch.float32, TOL), (torch.float64, TOL_FP64)):
@@ -59,16 +60,18 @@ def test_backbone_matches_transformers(share_att_key, pos_att_type, position_buc
             assert diff <= tol, f"length {length}, {dtype}: max abs diff {diff}"
 
 
-@pytest.mark.parametrize("cpu_kernel", [True, False], ids=["cpu-kernel", "sdpa-path"])
-def test_gradients_match_transformers(monkeypatch, cpu_kernel):
-    """Every parameter's gradient equals transformers', through the hand-written CPU attention kernel and through
-    the autograd + SDPA path that GPUs take (run here on the CPU, where SDPA falls back to its math kernel)."""
+@pytest.mark.parametrize("cpu_kernel,length", [(True, 150), (True, 96), (False, 150)],
+                         ids=["cpu-kernel", "cpu-kernel-band-blocks", "sdpa-path"])
+def test_gradients_match_transformers(monkeypatch, cpu_kernel, length):
+    """Every parameter's gradient equals transformers', through the hand-written CPU attention kernel (gathered
+    position terms at 150, the band layout in three blocks at 96) and through the autograd + SDPA path that GPUs
+    take (run here on the CPU, where SDPA falls back to its math kernel)."""
     monkeypatch.setattr(attention, "use_cpu_kernel", lambda x: cpu_kernel)
     cfg, ours, theirs = paired_models()
-    ids = torch.randint(4, cfg.vocab_size, (2, 150), generator=torch.Generator().manual_seed(7))
+    ids = torch.randint(4, cfg.vocab_size, (2, length), generator=torch.Generator().manual_seed(7))
     mask = torch.ones_like(ids)
-    mask[1, 120:] = 0
-    weights = torch.randn(2, 150, cfg.hidden_size, generator=torch.Generator().manual_seed(8)) * mask[..., None]
+    mask[1, length - 30:] = 0
+    weights = torch.randn(2, length, cfg.hidden_size, generator=torch.Generator().manual_seed(8)) * mask[..., None]
     (ours(ids, mask) * weights).sum().backward()
     (theirs(ids, attention_mask=mask).last_hidden_state * weights).sum().backward()
     reference = dict(theirs.named_parameters())
