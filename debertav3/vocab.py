@@ -19,13 +19,22 @@ import torch
 CHUNK_BYTES = 16 * 2 ** 20  # logits per chunk: well below glibc's 32 MiB mmap ceiling, so the heap reuses them
 
 
-def sample_tokens(probs_NV: torch.Tensor, uniforms_N: torch.Tensor, special_ids: torch.Tensor) -> torch.Tensor:
+def sample_tokens(probs_NV: torch.Tensor, uniforms_N: torch.Tensor, special_ids: torch.Tensor,
+                  in_place: bool = False) -> torch.Tensor:
     """Inverse-CDF draw from each row of `probs_NV` with `special_ids` removed (ELECTRA sec. 3.1).
 
     Token i is drawn when cdf[i-1] < u * cdf[-1] <= cdf[i], u in (0, 1]: a token of zero probability (a special
     token) can never be drawn, and one uniform per row makes the draw independent of how rows are batched.
+    With `in_place` the special columns of `probs_NV` (a tensor the caller owns) are zeroed for the cumulative sum
+    and then restored, instead of zeroed in an [N, V] copy.
     """
-    cdf = probs_NV.index_fill(-1, special_ids[special_ids < probs_NV.shape[-1]], 0.0).cumsum_(-1)
+    specials = special_ids[special_ids < probs_NV.shape[-1]]
+    if in_place:
+        saved = probs_NV.index_select(-1, specials)
+        cdf = probs_NV.index_fill_(-1, specials, 0.0).cumsum(-1)
+        probs_NV.index_copy_(-1, specials, saved)
+    else:
+        cdf = probs_NV.index_fill(-1, specials, 0.0).cumsum_(-1)
     threshold = (uniforms_N.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
     return torch.searchsorted(cdf, threshold).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
 
@@ -56,11 +65,10 @@ class _ChunkedVocabularyLoss(torch.autograd.Function):
             probs = log_probs.exp_()  # p; log_probs is no longer needed
             if uniforms_N is not None:
                 sample_probs = probs if temperature == 1.0 else torch.softmax(logits / temperature, -1)
-                sampled[chunk] = sample_tokens(sample_probs, uniforms_N[chunk], special_ids)
+                sampled[chunk] = sample_tokens(sample_probs, uniforms_N[chunk], special_ids, in_place=True)
             if want_grad:
-                grad_logits = probs  # (p - onehot(y)) / denominator, in place
+                grad_logits = probs  # p - onehot(y) in place; the 1 / denominator is applied to the small results
                 grad_logits[torch.arange(len(targets), device=targets.device), targets] -= 1.0
-                grad_logits /= denominator
                 grad_h[chunk] = (grad_logits.to(h.dtype) @ weight_VH).to(h.dtype)
                 grad_w = _add_product(grad_w, grad_logits.t().to(h.dtype), h)
                 grad_b = grad_logits.sum(0) if grad_b is None else grad_b.add_(grad_logits.sum(0))
@@ -68,6 +76,7 @@ class _ChunkedVocabularyLoss(torch.autograd.Function):
             grad_w = torch.zeros_like(weight_VH, dtype=torch.float32)
             grad_b = torch.zeros_like(bias_V, dtype=torch.float32)
         ctx.grads = (grad_h, grad_w, grad_b)
+        ctx.denominator = denominator
         ctx.weight_dtype, ctx.bias_dtype = weight_VH.dtype, bias_V.dtype
         ctx.mark_non_differentiable(correct, sampled)
         return loss / denominator, correct, sampled
@@ -79,7 +88,8 @@ class _ChunkedVocabularyLoss(torch.autograd.Function):
         grad_h, grad_w, grad_b = ctx.grads
         ctx.grads = None
         # In place: these buffers belong to this graph alone, and are [V, HD] in size.
-        grads = [g.mul_(grad_loss) if g is not None else None for g in (grad_h, grad_w, grad_b)]
+        scale = grad_loss / ctx.denominator
+        grads = [g.mul_(scale) if g is not None else None for g in (grad_h, grad_w, grad_b)]
         return grads[0], grads[1].to(ctx.weight_dtype), grads[2].to(ctx.bias_dtype), None, None, None, None, None
 
 

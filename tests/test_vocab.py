@@ -51,6 +51,9 @@ def test_inverse_cdf_draw_hand_computed():
     probs = torch.tensor([[0.1, 0.2, 0.3, 0.4]]).expand(5, 4)
     uniforms = torch.tensor([0.01, 2 / 9, 0.23, 5 / 9 + 1e-6, 1.0])
     assert sample_tokens(probs, uniforms, torch.tensor([0])).tolist() == [1, 1, 2, 3, 3]
+    owned = probs.clone()
+    assert sample_tokens(owned, uniforms, torch.tensor([0]), in_place=True).tolist() == [1, 1, 2, 3, 3]
+    assert torch.equal(owned, probs)  # the special column is restored
 
 
 def test_no_masked_rows_gives_zero_loss_and_zero_gradients():
