@@ -47,30 +47,35 @@ class DisentangledAttention(torch.autograd.Function):
         scores = scores_HBQK.view(N, Lq, Lk).baddbmm_(q.to(acc), k.to(acc).transpose(1, 2), alpha=scale)
         probs = torch.softmax(scores, -1)
         del scores, scores_HBQK
-        context = torch.bmm((probs if keep is None else probs * keep).to(v.dtype), v)
+        dropped = probs if keep is None else probs * keep
+        context = torch.bmm(dropped.to(v.dtype), v)
         if keep is not None:
             context.mul_(1.0 / keep_prob)
-        ctx.save_for_backward(q, k, v, probs, keep, idx)
+        # The dropped probabilities are saved instead of the mask: backward then needs no mask (see there).
+        ctx.save_for_backward(q, k, v, probs, None if keep is None else dropped, idx)
         ctx.scale, ctx.keep_prob, ctx.saved_batch = scale, keep_prob, B
         ctx.tables = [None if t is None else (t.shape, t.dtype) for t in (c2p_table, p2c_table)]
         return context
 
     @staticmethod
     def backward(ctx, grad_context):
-        q, k, v, probs, keep, idx = ctx.saved_tensors
+        q, k, v, probs, dropped, idx = ctx.saved_tensors
         acc = probs.dtype
-        if keep is not None:
+        if dropped is not None:
             grad_context = grad_context * (1.0 / ctx.keep_prob)
-        dropped = probs if keep is None else probs * keep
         # (g^T P)^T instead of P^T g, and (q^T G)^T instead of G^T q: bmm copies a transposed [N, L, L] operand
         # (a strided pass over the largest tensors of the step); a transposed [N, L, D] one it takes as is.
-        grad_v = torch.bmm(grad_context.to(v.dtype).transpose(1, 2), dropped.to(v.dtype)).transpose(1, 2)
-        del dropped
-        grad_probs = torch.bmm(grad_context.to(acc), v.to(acc).transpose(1, 2))
-        if keep is not None:
-            grad_probs.mul_(keep)
-        grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, acc)
-        del grad_probs
+        grad_v = torch.bmm(grad_context.to(v.dtype).transpose(1, 2), (probs if dropped is None else dropped).to(
+            v.dtype)).transpose(1, 2)
+        grad_dropped = torch.bmm(grad_context.to(acc), v.to(acc).transpose(1, 2))
+        if dropped is None:
+            grad_scores = torch._softmax_backward_data(grad_dropped, probs, -1, acc)
+        else:
+            # Softmax backward through d = p * m (m the 0 / 1 mask), G = dL/dd: dL/dp = G m, so
+            # dL/dscores = p * (G m - sum(p G m)) = t - p * sum(t) with t = d * G, since p m = d.
+            t = grad_dropped.mul_(dropped)
+            grad_scores = t.addcmul_(probs, t.sum(-1, keepdim=True), value=-1.0)
+        del grad_dropped
         grad_q = torch.bmm(grad_scores, k.to(acc)).mul_(ctx.scale).to(q.dtype)
         grad_k = torch.bmm(q.to(acc).transpose(1, 2), grad_scores).transpose(1, 2).mul_(ctx.scale).to(k.dtype)
         N, Lq, Lk = grad_scores.shape
