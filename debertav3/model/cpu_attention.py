@@ -6,12 +6,12 @@
 On a CPU every [N, Lq, Lk] tensor is a pass over memory and, above glibc's mmap threshold, fresh pages to fault in.
 Autograd over the separate ops allocates about ten of them per layer forward and backward (gathers, add, mask,
 scores, softmax, dropout mask and its product, each gradient); this function builds the scores in one buffer, keeps
-only the probabilities and the 0 / 1 keep mask for backward, applies the dropout scale to the small [N, L, D] side,
-and hands the relative tables their gradients by scatter-add (index_add for p2c). Where no distance within reach is
-bucketed (L <= 130 for v3), the position terms are read and their gradients written through strided band views
-instead (`band_view`), with no index at all, and each block of 32 rows is multiplied only against the table rows
-it reaches. PyTorch's fused CPU attention cannot be used in training: it takes
-neither a bias with a gradient nor dropout.
+only the probabilities and the dropped-out probabilities for backward, applies the dropout scale to the small
+[N, L, D] side, and hands the relative tables their gradients by scatter-add (index_add for p2c). Where no distance
+within reach is bucketed (L <= 130 for v3), the position terms are read and their gradients written through
+strided band views instead (`band_view`), with no index at all, and each block of 32 rows is multiplied only
+against the table rows it reaches. PyTorch's fused CPU attention cannot be used in training: it takes neither a
+bias with a gradient nor dropout.
 
 Layout: head-major, N = H * B, so that the products against the relative tables are one matrix per head.
 """
@@ -65,8 +65,8 @@ class DisentangledAttention(torch.autograd.Function):
             grad_context = grad_context * (1.0 / ctx.keep_prob)
         # (g^T P)^T instead of P^T g, and (q^T G)^T instead of G^T q: bmm copies a transposed [N, L, L] operand
         # (a strided pass over the largest tensors of the step); a transposed [N, L, D] one it takes as is.
-        grad_v = torch.bmm(grad_context.to(v.dtype).transpose(1, 2), (probs if dropped is None else dropped).to(
-            v.dtype)).transpose(1, 2)
+        kept = probs if dropped is None else dropped
+        grad_v = torch.bmm(grad_context.to(v.dtype).transpose(1, 2), kept.to(v.dtype)).transpose(1, 2)
         grad_dropped = torch.bmm(grad_context.to(acc), v.to(acc).transpose(1, 2))
         if dropped is None:
             grad_scores = torch._softmax_backward_data(grad_dropped, probs, -1, acc)
@@ -85,12 +85,8 @@ class DisentangledAttention(torch.autograd.Function):
         grad_c2p = grad_p2c = None
         # The adjoint of the reads: each score's gradient is summed into the table entry it was read from.
         if idx is None:  # band layout: the adjoint of a strided read is a strided write into zeros
-            if c2p is not None:
-                grad_c2p = grad_HBQK.new_zeros(c2p[0])
-                band_view(grad_c2p, "c2p").copy_(grad_HBQK.view(band_view(grad_c2p, "c2p").shape))
-            if p2c is not None:
-                grad_p2c = grad_HBQK.new_zeros(p2c[0])
-                band_view(grad_p2c, "p2c").copy_(grad_HBQK.view(band_view(grad_p2c, "p2c").shape))
+            grad_c2p, grad_p2c = (None if table is None else _band_gradient(grad_HBQK, table[0], term)
+                                  for table, term in ((c2p, "c2p"), (p2c, "p2c")))
         else:
             if c2p is not None:
                 grad_c2p = grad_HBQK.new_zeros(c2p[0]).scatter_add_(-1, idx.expand(grad_HBQK.shape), grad_HBQK)
@@ -131,6 +127,14 @@ def band_view(table_HKBTW: torch.Tensor, term: str) -> torch.Tensor:
     s_h, s_k, s_b = table_HKBTW.stride()[:3]
     strides = (s_h, s_b, s_k, W - 1, T, 1) if term == "c2p" else (s_h, s_b, T, 1, s_k, W - 1)
     return table_HKBTW.as_strided((H, B, K, T, K, T), strides, table_HKBTW.storage_offset() + T - 1)
+
+
+def _band_gradient(grad_HBQK: torch.Tensor, table_shape: torch.Size, term: str) -> torch.Tensor:
+    """The adjoint of reading `term` through `band_view`: the score gradients written into a zero table."""
+    grad_table = grad_HBQK.new_zeros(table_shape)
+    band = band_view(grad_table, term)
+    band.copy_(grad_HBQK.view(band.shape))
+    return grad_table
 
 
 def is_band_index(idx: torch.Tensor | None, rows: int) -> bool:
