@@ -147,8 +147,8 @@ class DisentangledSelfAttention(nn.Module):
         """[B, L, H*D] -> contiguous [H, B, L, D]."""
         return x_BLX.unflatten(-1, (self.num_heads, self.head_size)).permute(2, 0, 1, 3).contiguous()
 
-    def _against_table(self, x_HBLD: torch.Tensor, table_RX: torch.Tensor | None, term: str = ""):
-        """x . table^T per head: one [B*L, D] x [D, R] product per head, [H, B, L, R] (the same for either term)."""
+    def _against_table(self, x_HBLD: torch.Tensor, table_RX: torch.Tensor | None) -> torch.Tensor | None:
+        """x . table^T per head: one [B*L, D] x [D, R] product per head, [H, B, L, R]."""
         if table_RX is None:
             return None
         H, B, L, D = x_HBLD.shape
@@ -180,10 +180,12 @@ class DisentangledSelfAttention(nn.Module):
         keep = keep_mask((H * B, Lq, Lk), dropout_prob) if dropout_prob > 0 else None
         table = pos_key_RX if pos_key_RX is not None else pos_query_RX
         band = table is not None and is_band_index(rel_idx, table.shape[0])
-        product = self._against_band if band else self._against_table
+        if band:
+            c2p, p2c = self._against_band(q_HBQD, pos_key_RX, "c2p"), self._against_band(k_HBKD, pos_query_RX, "p2c")
+        else:
+            c2p, p2c = self._against_table(q_HBQD, pos_key_RX), self._against_table(k_HBKD, pos_query_RX)
         context = DisentangledAttention.apply(
-            q_HBQD.view(H * B, Lq, D), k_HBKD.view(H * B, Lk, D), v_HBKD.view(H * B, Lk, D),
-            product(q_HBQD, pos_key_RX, "c2p"), product(k_HBKD, pos_query_RX, "p2c"),
+            q_HBQD.view(H * B, Lq, D), k_HBKD.view(H * B, Lk, D), v_HBKD.view(H * B, Lk, D), c2p, p2c,
             None if band else rel_idx, key_padding_mask, self.scale, keep, 1.0 - dropout_prob)
         return context.view(H, B, Lq, D).permute(1, 2, 0, 3).reshape(B, Lq, H * D)
 
