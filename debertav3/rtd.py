@@ -24,6 +24,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .model import MaskedLMModel, ReplacedTokenDetectionModel
+from .model.tied_table import TableGradient
 from .vocab import sample_tokens, vocabulary_loss
 
 SHARING_MODES = ("es", "nes", "gdes")
@@ -87,9 +88,9 @@ class RTDModel(nn.Module):
             self.discriminator = ReplacedTokenDetectionModel(discriminator_config, own_word_embeddings=not shared)
             if embedding_sharing == "gdes":
                 self.embedding_delta = nn.Parameter(torch.zeros_like(self.generator_embedding))
-            # Under es the discriminator's lookup gradient reaches the shared table first in backward, then the MLM
-            # head's dense gradient: autograd adds the rows into that in place (one [V, HD] zero fill and add fewer).
-            # A sparse gradient arriving after a dense one is added out of place, so the generator's stays dense.
+            # Under es the discriminator's lookup gradient reaches the shared table first in backward, then the
+            # generator's one dense gradient (model/tied_table.py): autograd adds the rows into that in place, one
+            # [V, HD] zero fill and add fewer than a dense lookup gradient.
             self.discriminator.deberta.embeddings.sparse_gradient = embedding_sharing == "es"
             if embedding_sharing == "es":  # L_RTD backpropagated alone leaves rows only: the optimizer wants dense
                 self.generator_embedding.register_post_accumulate_grad_hook(_densify_gradient)
@@ -122,10 +123,13 @@ class RTDModel(nn.Module):
         num_masked, num_tokens = denominators or (targets_N.numel(), real_BL.sum())
         if uniforms is None and self.objective == "rtd":
             uniforms = 1.0 - torch.rand(targets_N.shape, generator=generator, device=targets_N.device)
-        states_NH = self.generator.masked_states(input_ids, attention_mask, masked_BL, self.generator_embedding)
+        # E_G's lookup and tied head share one dense gradient (model/tied_table.py); torch.compile traces neither.
+        table_gradient = None if torch.compiler.is_compiling() else TableGradient()
+        states_NH = self.generator.masked_states(input_ids, attention_mask, masked_BL, self.generator_embedding,
+                                                 table_gradient)
         mlm_loss, mlm_accuracy, sampled_N = vocabulary_loss(
             states_NH, self.generator_embedding, self.generator.lm_predictions["lm_head"].bias, targets_N, uniforms,
-            num_masked, self.temperature, self.special_token_ids)
+            num_masked, self.temperature, self.special_token_ids, table_gradient)
         if self.objective == "mlm":
             return RTDOutput(loss=mlm_loss, mlm_loss=mlm_loss, mlm_accuracy=mlm_accuracy)
 

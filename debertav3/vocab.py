@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from .model.tied_table import TableGradient
+
 CHUNK_BYTES = 16 * 2 ** 20  # logits per chunk: well below glibc's 32 MiB mmap ceiling, so the heap reuses them
 
 
@@ -43,7 +45,8 @@ class _ChunkedVocabularyLoss(torch.autograd.Function):
     """Returns (summed CE / denominator, correct argmax count, sampled ids); the last two carry no gradient."""
 
     @staticmethod
-    def forward(ctx, h_NH, weight_VH, bias_V, targets_N, uniforms_N, denominator, temperature, special_ids):
+    def forward(ctx, h_NH, weight_VH, bias_V, targets_N, uniforms_N, denominator, temperature, special_ids,
+                table_gradient):
         N, V = h_NH.shape[0], weight_VH.shape[0]
         want_grad = any(ctx.needs_input_grad[:3])
         grad_h = torch.empty_like(h_NH) if want_grad else None
@@ -76,7 +79,7 @@ class _ChunkedVocabularyLoss(torch.autograd.Function):
             grad_w = torch.zeros_like(weight_VH, dtype=torch.float32)
             grad_b = torch.zeros_like(bias_V, dtype=torch.float32)
         ctx.grads = (grad_h, grad_w, grad_b)
-        ctx.denominator = denominator
+        ctx.denominator, ctx.table_gradient = denominator, table_gradient
         ctx.weight_dtype, ctx.bias_dtype = weight_VH.dtype, bias_V.dtype
         ctx.mark_non_differentiable(correct, sampled)
         return loss / denominator, correct, sampled
@@ -90,7 +93,11 @@ class _ChunkedVocabularyLoss(torch.autograd.Function):
         # In place: these buffers belong to this graph alone, and are [V, HD] in size.
         scale = grad_loss / ctx.denominator
         grads = [g.mul_(scale) if g is not None else None for g in (grad_h, grad_w, grad_b)]
-        return grads[0], grads[1].to(ctx.weight_dtype), grads[2].to(ctx.bias_dtype), None, None, None, None, None
+        grad_weight = grads[1].to(ctx.weight_dtype)
+        if ctx.table_gradient is not None:  # the input lookup of the same table adds its rows and returns the sum
+            ctx.table_gradient.put(grad_weight)
+            grad_weight = None
+        return grads[0], grad_weight, grads[2].to(ctx.bias_dtype), None, None, None, None, None, None
 
 
 def _add_product(total: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -103,12 +110,14 @@ def _add_product(total: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor) -
 
 
 def vocabulary_loss(h_NH: torch.Tensor, weight_VH: torch.Tensor, bias_V: torch.Tensor, targets_N: torch.Tensor,
-                    uniforms_N: torch.Tensor, denominator, temperature: float, special_ids: torch.Tensor):
+                    uniforms_N: torch.Tensor, denominator, temperature: float, special_ids: torch.Tensor,
+                    table_gradient: TableGradient | None = None):
     """(L_MLM, MLM accuracy, sampled replacements [N]) for masked rows `h_NH` against the tied table `weight_VH`.
 
     `denominator` divides the summed cross-entropy (the trainer passes the global masked count); with
-    `uniforms_N` None nothing is sampled (an empty tensor is returned in its place).
+    `uniforms_N` None nothing is sampled (an empty tensor is returned in its place). With `table_gradient`, the
+    table's gradient is left there for the input lookup of the same table (`model.tied_table`) to complete.
     """
     loss, correct, sampled = _ChunkedVocabularyLoss.apply(h_NH, weight_VH, bias_V, targets_N, uniforms_N,
-                                                          denominator, temperature, special_ids)
+                                                          denominator, temperature, special_ids, table_gradient)
     return loss, correct.float() / max(targets_N.numel(), 1), sampled

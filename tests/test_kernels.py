@@ -7,6 +7,7 @@ from debertav3.config import ModelConfig
 from debertav3.model.attention import RelativeGather, log_bucket_position, relative_index
 from debertav3.model.cpu_attention import DisentangledAttention, band_table_rows, is_band_index
 from debertav3.model.dropout import Dropout, keep_mask
+from debertav3.model.head_linear import MergeHeads, SplitHeads
 
 
 def double(*shape, seed=0):
@@ -107,6 +108,30 @@ def test_band_index_detected_only_where_it_holds():
     idx, _, rows = relative_index(16, 16, config)
     assert not is_band_index(idx[None].expand(2, 16, 16), rows)  # a per-sequence (EMD) index
     assert not is_band_index(idx.flip(0), rows)
+
+
+def test_head_projections_equal_linear_with_permuted_heads_and_pass_gradcheck():
+    """SplitHeads is nn.Linear followed by the split into [H, N, D]; MergeHeads is the merge followed by nn.Linear;
+    forward and every gradient, in fp64."""
+    H, N, D, X, Y = 3, 5, 4, 7, 6
+    x, weight, bias = double(N, X, seed=1), double(H * D, X, seed=2), double(H * D, seed=3)
+    context, out_weight, out_bias = double(H, N, D, seed=4), double(Y, H * D, seed=5), double(Y, seed=6)
+    grad = torch.randn(H, N, D, dtype=torch.double)
+    split = SplitHeads.apply(x, weight, bias, H)
+    reference = torch.nn.functional.linear(x, weight, bias).view(N, H, D).transpose(0, 1)
+    assert torch.allclose(split, reference, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(split, (x, weight, bias), grad),
+                    torch.autograd.grad(reference, (x, weight, bias), grad)):
+        assert torch.allclose(a, b, atol=1e-12)
+    merged = MergeHeads.apply(context, out_weight, out_bias)
+    reference = torch.nn.functional.linear(context.transpose(0, 1).reshape(N, H * D), out_weight, out_bias)
+    assert torch.allclose(merged, reference, atol=1e-12)
+    grad = torch.randn(N, Y, dtype=torch.double)
+    for a, b in zip(torch.autograd.grad(merged, (context, out_weight, out_bias), grad),
+                    torch.autograd.grad(reference, (context, out_weight, out_bias), grad)):
+        assert torch.allclose(a, b, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda *t: SplitHeads.apply(*t, H), (x, weight, bias))
+    assert torch.autograd.gradcheck(MergeHeads.apply, (context, out_weight, out_bias))
 
 
 def test_relative_gather_gradcheck():

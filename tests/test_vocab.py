@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from debertav3 import vocab
+from debertav3.model.tied_table import TableGradient, lookup
 from debertav3.vocab import sample_tokens, vocabulary_loss
 
 SPECIALS = torch.tensor([0, 1, 2, 3])
@@ -62,3 +63,24 @@ def test_no_masked_rows_gives_zero_loss_and_zero_gradients():
     loss.backward()
     assert loss.item() == 0.0 and accuracy.item() == 0.0 and sampled.numel() == 0
     assert not table.grad.any() and not bias.grad.any()
+
+
+def test_tied_lookup_and_head_share_one_gradient_equal_to_autograd():
+    """The table read by a lookup (padding id and repeated ids included) and by the head: the one gradient the
+    lookup returns equals autograd's sum of F.embedding's and the head's; without the head, the lookup's alone."""
+    states_w = torch.randn(8, 8, generator=torch.Generator().manual_seed(1))
+    _, table, bias, _, _ = inputs()
+    ids = torch.tensor([[1, 5, 5, 0, 7, 0], [9, 0, 5, 12, 3, 2]])
+    targets = torch.tensor([5, 7, 9, 12, 40])
+
+    def loss_with(table_gradient):
+        x = lookup(ids, table, 0, table_gradient) if table_gradient else F.embedding(ids, table, padding_idx=0)
+        h = torch.tanh(x.view(-1, 8)[2:7] @ states_w)
+        mlm, _, _ = vocabulary_loss(h, table, bias, targets, None, 5.0, 1.0, SPECIALS, table_gradient)
+        return mlm + 0.1 * (x ** 2).sum()
+
+    expected = torch.autograd.grad(loss_with(None), table)[0]
+    got = torch.autograd.grad(loss_with(TableGradient()), table)[0]
+    assert torch.allclose(got, expected, atol=1e-6) and expected[0].any()  # the head reaches the padding row
+    lookup_only = torch.autograd.grad(lookup(ids, table, 0, TableGradient()).pow(2).sum(), table)[0]
+    assert torch.equal(lookup_only, torch.autograd.grad(F.embedding(ids, table, padding_idx=0).pow(2).sum(), table)[0])

@@ -22,6 +22,7 @@ from torch import nn
 from ..config import ModelConfig
 from .cpu_attention import DisentangledAttention, band_blocks, band_table_rows, is_band_index
 from .dropout import Dropout, keep_mask
+from .head_linear import MergeHeads, SplitHeads
 
 
 def log_bucket_position(relative_pos: torch.Tensor, bucket_size: int, max_position: int) -> torch.Tensor:
@@ -109,26 +110,38 @@ class DisentangledSelfAttention(nn.Module):
         # 1 / sqrt(D * (1 + number of position terms)): each term adds variance, so the scale grows with them.
         self.scale = 1.0 / math.sqrt(self.head_size * (1 + len(self.pos_terms)))
 
-    def forward(self, hidden_states: torch.Tensor, key_padding_mask: torch.Tensor,
+    def forward(self, hidden_states: torch.Tensor, key_padding_mask: torch.Tensor, output_proj: nn.Linear,
                 query_states: torch.Tensor | None = None, rel_embeddings: torch.Tensor | None = None,
-                rel_idx: torch.Tensor | None = None) -> torch.Tensor:
-        """hidden_states [B, Lk, HD] give keys and values; query_states [B, Lq, HD] (default: hidden_states).
+                rel_idx: torch.Tensor | None = None, keys_values: tuple | None = None) -> torch.Tensor:
+        """output_proj(context) [B, Lq, HD]: the attention output projected by `output_proj` (transformers'
+        `attention.output.dense`), which on the CPU takes the heads as they are instead of merged.
 
-        key_padding_mask [B, Lk] bool, True at real tokens. rel_embeddings [R, HD] (already normalised and sliced),
-        rel_idx [Lq, Lk] (or per sequence [B, Lq, Lk]) indexes its rows. Returns the context [B, Lq, HD]
-        before the output projection.
+        hidden_states [B, Lk, HD] give keys and values (or `keys_values`, from `self.keys_values(hidden_states)`,
+        when the caller reuses them); query_states [B, Lq, HD] (default: hidden_states). key_padding_mask [B, Lk]
+        bool, True at real tokens. rel_embeddings [R, HD] (already normalised and sliced), rel_idx [Lq, Lk] (or per
+        sequence [B, Lq, Lk]) indexes its rows.
         """
         if query_states is None:
             query_states = hidden_states
-        q_BQX = self.query_proj(query_states)
-        k_BKX, v_BKX = self.key_proj(hidden_states), self.value_proj(hidden_states)
+        keys, values = keys_values or self.keys_values(hidden_states)
         pos_key_RX, pos_query_RX = self._relative_tables(rel_embeddings)
         dropout_prob = self.dropout_prob if self.training else 0.0
-        if use_cpu_kernel(q_BQX):
-            return self._cpu_attention(q_BQX, k_BKX, v_BKX, pos_key_RX, pos_query_RX, rel_idx, key_padding_mask,
-                                       dropout_prob)
-        return self._sdpa_attention(q_BQX, k_BKX, v_BKX, pos_key_RX, pos_query_RX, rel_idx, key_padding_mask,
-                                    dropout_prob)
+        if use_cpu_kernel(hidden_states):
+            context_HBQD = self._cpu_attention(self._split_heads(self.query_proj, query_states), keys, values,
+                                               pos_key_RX, pos_query_RX, rel_idx, key_padding_mask, dropout_prob)
+            H, B, Lq, D = context_HBQD.shape
+            merged = MergeHeads.apply(context_HBQD.view(H, B * Lq, D), output_proj.weight, output_proj.bias)
+            return merged.view(B, Lq, -1)
+        context = self._sdpa_attention(self.query_proj(query_states), keys, values, pos_key_RX, pos_query_RX,
+                                       rel_idx, key_padding_mask, dropout_prob)
+        return output_proj(context)
+
+    def keys_values(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(keys, values) of hidden_states [B, L, HD]: head-major [H, B, L, D] for the CPU kernel, else [B, L, HD].
+        The enhanced mask decoder's two passes share them (same layer, same hidden states)."""
+        if use_cpu_kernel(hidden_states):
+            return self._split_heads(self.key_proj, hidden_states), self._split_heads(self.value_proj, hidden_states)
+        return self.key_proj(hidden_states), self.value_proj(hidden_states)
 
     def _relative_tables(self, rel_embeddings):
         """(pos_key, pos_query) [R, HD], each None when its term is off; the score scale is folded in here, on the
@@ -143,9 +156,11 @@ class DisentangledSelfAttention(nn.Module):
             pos_query = (self.query_proj if self.share_att_key else self.pos_query_proj)(rel) * self.scale
         return pos_key, pos_query
 
-    def _head_major(self, x_BLX: torch.Tensor) -> torch.Tensor:
-        """[B, L, H*D] -> contiguous [H, B, L, D]."""
-        return x_BLX.unflatten(-1, (self.num_heads, self.head_size)).permute(2, 0, 1, 3).contiguous()
+    def _split_heads(self, proj: nn.Linear, x_BLX: torch.Tensor) -> torch.Tensor:
+        """proj(x) as contiguous head-major [H, B, L, D], without a permuted copy (`head_linear.SplitHeads`)."""
+        B, L, X = x_BLX.shape
+        split = SplitHeads.apply(x_BLX.reshape(B * L, X), proj.weight, proj.bias, self.num_heads)
+        return split.view(self.num_heads, B, L, self.head_size)
 
     def _against_table(self, x_HBLD: torch.Tensor, table_RX: torch.Tensor | None) -> torch.Tensor | None:
         """x . table^T per head: one [B*L, D] x [D, R] product per head, [H, B, L, R]."""
@@ -172,9 +187,9 @@ class DisentangledSelfAttention(nn.Module):
         windows_HXD = torch.index_select(table_RX.view(-1, H, D).transpose(0, 1), 1, rows_KW.view(-1))
         return torch.bmm(x_blocks, windows_HXD.view(H * K, W, D).transpose(1, 2)).view(H, K, B, L // K, W)
 
-    def _cpu_attention(self, q_BQX, k_BKX, v_BKX, pos_key_RX, pos_query_RX, rel_idx, key_padding_mask,
+    def _cpu_attention(self, q_HBQD, k_HBKD, v_HBKD, pos_key_RX, pos_query_RX, rel_idx, key_padding_mask,
                        dropout_prob):
-        q_HBQD, k_HBKD, v_HBKD = self._head_major(q_BQX), self._head_major(k_BKX), self._head_major(v_BKX)
+        """The context [H, B, Lq, D] from head-major queries, keys and values."""
         H, B, Lq, D = q_HBQD.shape
         Lk = k_HBKD.shape[2]
         keep = keep_mask((H * B, Lq, Lk), dropout_prob) if dropout_prob > 0 else None
@@ -187,7 +202,7 @@ class DisentangledSelfAttention(nn.Module):
         context = DisentangledAttention.apply(
             q_HBQD.view(H * B, Lq, D), k_HBKD.view(H * B, Lk, D), v_HBKD.view(H * B, Lk, D), c2p, p2c,
             None if band else rel_idx, key_padding_mask, self.scale, keep, 1.0 - dropout_prob)
-        return context.view(H, B, Lq, D).permute(1, 2, 0, 3).reshape(B, Lq, H * D)
+        return context.view(H, B, Lq, D)
 
     def _sdpa_attention(self, q_BQX, k_BKX, v_BKX, pos_key_RX, pos_query_RX, rel_idx, key_padding_mask,
                         dropout_prob):

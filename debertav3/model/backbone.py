@@ -12,7 +12,8 @@ from torch import nn
 
 from ..config import ModelConfig
 from .attention import DisentangledSelfAttention, activation, relative_index
-from .dropout import Dropout
+from .dropout import Dropout, dropout_add
+from .tied_table import TableGradient, lookup
 
 
 class Embeddings(nn.Module):
@@ -42,11 +43,16 @@ class Embeddings(nn.Module):
         self.sparse_gradient = False
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                word_embedding_weight: torch.Tensor | None = None) -> torch.Tensor:
+                word_embedding_weight: torch.Tensor | None = None,
+                table_gradient: TableGradient | None = None) -> torch.Tensor:
+        """`table_gradient`: the tied MLM head's, when the lookup's gradient joins it (see `model.tied_table`)."""
         weight = self.word_embeddings.weight if word_embedding_weight is None else word_embedding_weight
-        # Not under torch.compile, whose backward takes dense gradients only.
-        sparse = self.sparse_gradient and weight.device.type == "cpu" and not torch.compiler.is_compiling()
-        x = F.embedding(input_ids, weight, padding_idx=self.pad_token_id, sparse=sparse)
+        if table_gradient is not None:
+            x = lookup(input_ids, weight, self.pad_token_id, table_gradient)
+        else:
+            # Not under torch.compile, whose backward takes dense gradients only.
+            sparse = self.sparse_gradient and weight.device.type == "cpu" and not torch.compiler.is_compiling()
+            x = F.embedding(input_ids, weight, padding_idx=self.pad_token_id, sparse=sparse)
         if self.position_biased_input:
             x = x + self.position_embeddings.weight[: input_ids.shape[1]]
         if self.token_type_embeddings is not None:  # token types are all zero in pretraining
@@ -65,7 +71,11 @@ class SelfOutput(nn.Module):
         self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+        return self.finish(self.dense(x), residual)
+
+    def finish(self, projected: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """LayerNorm(dropout(projected) + residual), for a caller that applied `dense` itself (the attention)."""
+        return self.LayerNorm(dropout_add(projected, residual, self.dropout.p, self.training))
 
 
 class Attention(nn.Module):
@@ -91,7 +101,7 @@ class FeedForwardOutput(SelfOutput):
         self.act = activation(config.hidden_act)
 
     def forward(self, pre: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(self.dense(self.act(pre))) + residual)
+        return self.finish(self.dense(self.act(pre)), residual)
 
 
 class Layer(nn.Module):
@@ -104,10 +114,13 @@ class Layer(nn.Module):
         self.intermediate = Intermediate(config)
         self.output = FeedForwardOutput(config)
 
-    def forward(self, hidden_states, key_padding_mask, query_states=None, rel_embeddings=None, rel_idx=None):
+    def forward(self, hidden_states, key_padding_mask, query_states=None, rel_embeddings=None, rel_idx=None,
+                keys_values=None):
+        """`keys_values`: this layer's `attention.self.keys_values(hidden_states)`, for a caller that reuses them."""
         residual = hidden_states if query_states is None else query_states
-        context = self.attention.self(hidden_states, key_padding_mask, query_states, rel_embeddings, rel_idx)
-        attended = self.attention.output(context, residual)
+        projected = self.attention.self(hidden_states, key_padding_mask, self.attention.output.dense, query_states,
+                                        rel_embeddings, rel_idx, keys_values)
+        attended = self.attention.output.finish(projected, residual)
         return self.output(self.intermediate.dense(attended), attended)
 
 
@@ -174,12 +187,13 @@ class DebertaV3Model(nn.Module):
             nn.init.zeros_(module.bias)
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                      word_embedding_weight: torch.Tensor | None = None, num_layers: int | None = None):
+                      word_embedding_weight: torch.Tensor | None = None, num_layers: int | None = None,
+                      table_gradient: TableGradient | None = None):
         """All hidden states [embeddings, layer 1, ..., layer num_layers], the padding mask and relative context."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         key_padding_mask = attention_mask.bool()
-        x = self.embeddings(input_ids, attention_mask, word_embedding_weight)
+        x = self.embeddings(input_ids, attention_mask, word_embedding_weight, table_gradient)
         relative = self.encoder.relative_context(input_ids.shape[1], input_ids.device)
         return self.encoder(x, key_padding_mask, num_layers, relative), key_padding_mask, relative
 

@@ -57,6 +57,27 @@ class _MaskedScale(torch.autograd.Function):
         return (grad * mask).to(grad.dtype), None
 
 
+class _MaskedScaleAdd(torch.autograd.Function):
+    """residual + x * mask in one pass (addcmul); the residual's gradient passes through unchanged."""
+
+    @staticmethod
+    def forward(ctx, x, mask, residual):
+        ctx.save_for_backward(mask)
+        return torch.addcmul(residual, x, mask).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (mask,) = ctx.saved_tensors
+        return (grad * mask).to(grad.dtype), None, grad
+
+
+def dropout_add(x: torch.Tensor, residual: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """dropout(x) + residual, the dropout and the sum in one pass on the CPU."""
+    if not training or p == 0.0 or x.device.type != "cpu" or p == 1.0:
+        return dropout(x, p, training) + residual
+    return _MaskedScaleAdd.apply(x, keep_mask(x.shape, p, x.device, scale=1.0 / (1.0 - p)), residual)
+
+
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     """Functional form of `Dropout`."""
     if not training or p == 0.0:
