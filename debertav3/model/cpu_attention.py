@@ -6,12 +6,12 @@
 On a CPU every [N, Lq, Lk] tensor is a pass over memory and, above glibc's mmap threshold, fresh pages to fault in.
 Autograd over the separate ops allocates about ten of them per layer forward and backward (gathers, add, mask,
 scores, softmax, dropout mask and its product, each gradient); this function builds the scores in one buffer, keeps
-only the probabilities and the dropped-out probabilities for backward, applies the dropout scale to the small
-[N, L, D] side, and hands the relative tables their gradients by scatter-add (index_add for p2c). Where no distance
-within reach is bucketed (L <= 130 for v3), the position terms are read and their gradients written through
-strided band views instead (`band_view`), with no index at all, and each block of 32 rows is multiplied only
-against the table rows it reaches. PyTorch's fused CPU attention cannot be used in training: it takes neither a
-bias with a gradient nor dropout.
+only the probabilities and the dropped-out probabilities for backward, folds the dropout and score scales into the
+products with v, k and q (baddbmm's alpha), and hands the relative tables their gradients by scatter-add (index_add
+for p2c). Where no distance within reach is bucketed (L <= 130 for v3), the position terms are read and their
+gradients written through strided band views instead (`band_view`), with no index at all, and each block of 32 rows
+is multiplied only against the table rows it reaches. PyTorch's fused CPU attention cannot be used in training: it
+takes neither a bias with a gradient nor dropout.
 
 Layout: head-major, N = H * B, so that the products against the relative tables are one matrix per head.
 """
@@ -48,9 +48,7 @@ class DisentangledAttention(torch.autograd.Function):
         probs = torch.softmax(scores, -1)
         del scores, scores_HBQK
         dropped = probs if keep is None else probs * keep
-        context = torch.bmm(dropped.to(v.dtype), v)
-        if keep is not None:
-            context.mul_(1.0 / keep_prob)
+        context = _scaled_bmm(dropped.to(v.dtype), v, 1.0 if keep is None else 1.0 / keep_prob)
         # The dropped probabilities are saved instead of the mask: backward then needs no mask (see there).
         ctx.save_for_backward(q, k, v, probs, None if keep is None else dropped, idx)
         ctx.scale, ctx.keep_prob, ctx.saved_batch = scale, keep_prob, B
@@ -61,13 +59,12 @@ class DisentangledAttention(torch.autograd.Function):
     def backward(ctx, grad_context):
         q, k, v, probs, dropped, idx = ctx.saved_tensors
         acc = probs.dtype
-        if dropped is not None:
-            grad_context = grad_context * (1.0 / ctx.keep_prob)
+        dropout_scale = 1.0 if dropped is None else 1.0 / ctx.keep_prob  # d context / d (dropped probs v)
         # (g^T P)^T instead of P^T g, and (q^T G)^T instead of G^T q: bmm copies a transposed [N, L, L] operand
         # (a strided pass over the largest tensors of the step); a transposed [N, L, D] one it takes as is.
         kept = probs if dropped is None else dropped
-        grad_v = torch.bmm(grad_context.to(v.dtype).transpose(1, 2), kept.to(v.dtype)).transpose(1, 2)
-        grad_dropped = torch.bmm(grad_context.to(acc), v.to(acc).transpose(1, 2))
+        grad_v = _scaled_bmm(grad_context.to(v.dtype).transpose(1, 2), kept.to(v.dtype), dropout_scale).transpose(1, 2)
+        grad_dropped = _scaled_bmm(grad_context.to(acc), v.to(acc).transpose(1, 2), dropout_scale)
         if dropped is None:
             grad_scores = torch._softmax_backward_data(grad_dropped, probs, -1, acc)
         else:
@@ -76,8 +73,8 @@ class DisentangledAttention(torch.autograd.Function):
             t = grad_dropped.mul_(dropped)
             grad_scores = t.addcmul_(probs, t.sum(-1, keepdim=True), value=-1.0)
         del grad_dropped
-        grad_q = torch.bmm(grad_scores, k.to(acc)).mul_(ctx.scale).to(q.dtype)
-        grad_k = torch.bmm(q.to(acc).transpose(1, 2), grad_scores).transpose(1, 2).mul_(ctx.scale).to(k.dtype)
+        grad_q = _scaled_bmm(grad_scores, k.to(acc), ctx.scale).to(q.dtype)
+        grad_k = _scaled_bmm(q.to(acc).transpose(1, 2), grad_scores, ctx.scale).transpose(1, 2).to(k.dtype)
         N, Lq, Lk = grad_scores.shape
         B = ctx.saved_batch
         grad_HBQK = grad_scores.view(N // B, B, Lq, Lk)
@@ -95,6 +92,11 @@ class DisentangledAttention(torch.autograd.Function):
         grad_c2p = None if c2p is None else grad_c2p.to(c2p[1])
         grad_p2c = None if p2c is None else grad_p2c.to(p2c[1])
         return grad_q, grad_k, grad_v, grad_c2p, grad_p2c, None, None, None, None, None
+
+
+def _scaled_bmm(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
+    """alpha * (a @ b) with the scale inside the product (baddbmm with beta 0 ignores its input), not a pass."""
+    return torch.bmm(a, b) if alpha == 1.0 else torch.baddbmm(a.new_empty(()), a, b, beta=0.0, alpha=alpha)
 
 
 def band_blocks(length: int) -> int:
