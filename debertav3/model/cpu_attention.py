@@ -60,10 +60,10 @@ class DisentangledAttention(torch.autograd.Function):
         q, k, v, probs, dropped, idx = ctx.saved_tensors
         acc = probs.dtype
         dropout_scale = 1.0 if dropped is None else 1.0 / ctx.keep_prob  # d context / d (dropped probs v)
-        # (g^T P)^T instead of P^T g, and (q^T G)^T instead of G^T q: bmm copies a transposed [N, L, L] operand
-        # (a strided pass over the largest tensors of the step); a transposed [N, L, D] one it takes as is.
+        # P^T g and G^T q straight into [N, L, D]: bmm takes a transposed operand as it is, and the head-major
+        # layout wants these gradients contiguous (a transposed result would be copied on the way).
         kept = probs if dropped is None else dropped
-        grad_v = _scaled_bmm(grad_context.to(v.dtype).transpose(1, 2), kept.to(v.dtype), dropout_scale).transpose(1, 2)
+        grad_v = _scaled_bmm(kept.to(v.dtype).transpose(1, 2), grad_context.to(v.dtype), dropout_scale)
         grad_dropped = _scaled_bmm(grad_context.to(acc), v.to(acc).transpose(1, 2), dropout_scale)
         if dropped is None:
             grad_scores = torch._softmax_backward_data(grad_dropped, probs, -1, acc)
@@ -74,7 +74,7 @@ class DisentangledAttention(torch.autograd.Function):
             grad_scores = t.addcmul_(probs, t.sum(-1, keepdim=True), value=-1.0)
         del grad_dropped
         grad_q = _scaled_bmm(grad_scores, k.to(acc), ctx.scale).to(q.dtype)
-        grad_k = _scaled_bmm(q.to(acc).transpose(1, 2), grad_scores, ctx.scale).transpose(1, 2).to(k.dtype)
+        grad_k = _scaled_bmm(grad_scores.transpose(1, 2), q.to(acc), ctx.scale).to(k.dtype)
         N, Lq, Lk = grad_scores.shape
         B = ctx.saved_batch
         grad_HBQK = grad_scores.view(N // B, B, Lq, Lk)
