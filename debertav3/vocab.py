@@ -27,18 +27,36 @@ def sample_tokens(probs_NV: torch.Tensor, uniforms_N: torch.Tensor, special_ids:
 
     Token i is drawn when cdf[i-1] < u * cdf[-1] <= cdf[i], u in (0, 1]: a token of zero probability (a special
     token) can never be drawn, and one uniform per row makes the draw independent of how rows are batched.
-    With `in_place` the special columns of `probs_NV` (a tensor the caller owns) are zeroed for the cumulative sum
-    and then restored, instead of zeroed in an [N, V] copy.
+    With `in_place` the special columns of `probs_NV` (a tensor the caller owns) are zeroed for the draw and then
+    restored, instead of zeroed in an [N, V] copy.
     """
     specials = special_ids[special_ids < probs_NV.shape[-1]]
-    if in_place:
-        saved = probs_NV.index_select(-1, specials)
-        cdf = probs_NV.index_fill_(-1, specials, 0.0).cumsum(-1)
-        probs_NV.index_copy_(-1, specials, saved)
-    else:
-        cdf = probs_NV.index_fill(-1, specials, 0.0).cumsum_(-1)
-    threshold = (uniforms_N.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
-    return torch.searchsorted(cdf, threshold).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
+    if not in_place:
+        return _inverse_cdf(probs_NV.index_fill(-1, specials, 0.0), uniforms_N)
+    saved = probs_NV.index_select(-1, specials)
+    sampled = _inverse_cdf(probs_NV.index_fill_(-1, specials, 0.0), uniforms_N)
+    probs_NV.index_copy_(-1, specials, saved)
+    return sampled
+
+
+def _inverse_cdf(probs_NV: torch.Tensor, uniforms_N: torch.Tensor, block: int = 256) -> torch.Tensor:
+    """The inverse-CDF draw of `sample_tokens` in two levels: the block of `block` tokens first (from block sums,
+    one vectorised reduction over [N, V]), then the token inside it (a cumulative sum over [N, block]), instead of
+    one sequential cumulative sum over all V. Each level takes the first index whose cdf reaches the threshold, and
+    the threshold never exceeds the last cdf, so rounding can only ever land on a token of nonzero probability."""
+    N, V = probs_NV.shape
+    whole = V // block * block
+    block_sums = probs_NV[:, :whole].reshape(N, -1, block).sum(-1)
+    if whole < V:
+        block_sums = torch.cat([block_sums, probs_NV[:, whole:].sum(-1, keepdim=True)], -1)
+    block_cdf = block_sums.cumsum(-1)
+    threshold = (uniforms_N.to(block_cdf.dtype) * block_cdf[:, -1]).unsqueeze(-1)
+    chosen = torch.searchsorted(block_cdf, torch.minimum(threshold, block_cdf[:, -1:]))
+    before = torch.where(chosen > 0, block_cdf.gather(-1, (chosen - 1).clamp_(min=0)), 0.0)
+    columns = chosen * block + torch.arange(block, device=probs_NV.device)
+    inside = probs_NV.gather(-1, columns.clamp(max=V - 1)).masked_fill_(columns >= V, 0.0).cumsum_(-1)
+    offset = torch.searchsorted(inside, torch.minimum(threshold - before, inside[:, -1:]))
+    return (columns.gather(-1, offset.clamp_(max=block - 1))).squeeze(-1)
 
 
 class _ChunkedVocabularyLoss(torch.autograd.Function):

@@ -57,6 +57,16 @@ def test_inverse_cdf_draw_hand_computed():
     assert torch.equal(owned, probs)  # the special column is restored
 
 
+def test_two_level_draw_hand_computed_across_blocks():
+    """Blocks of 4 over 10 tokens [.125 .25 0 .125 | 0 0 0 0 | .5 0]: cdf .125 .375 .375 .5 .5 .5 .5 .5 1 1. The
+    draw is the first token whose cdf reaches u: inside a block, at a block's end, past an empty block, in the
+    short last block, and never the zero-probability tokens after the last positive one (u = 1)."""
+    probs = torch.tensor([[0.125, 0.25, 0.0, 0.125, 0.0, 0.0, 0.0, 0.0, 0.5, 0.0]]).expand(6, 10)
+    uniforms = torch.tensor([0.0625, 0.375, 0.5, 0.5 + 2 ** -10, 0.75, 1.0])
+    assert vocab._inverse_cdf(probs, uniforms, block=4).tolist() == [0, 1, 3, 8, 8, 8]
+    assert vocab._inverse_cdf(probs, uniforms, block=256).tolist() == [0, 1, 3, 8, 8, 8]  # one block
+
+
 def test_no_masked_rows_gives_zero_loss_and_zero_gradients():
     states, table, bias, targets, uniforms = inputs(n=0)
     loss, accuracy, sampled = vocabulary_loss(states, table, bias, targets, uniforms, 7.0, 1.0, SPECIALS)
