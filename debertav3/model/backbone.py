@@ -62,7 +62,7 @@ class Embeddings(nn.Module):
 
 
 class SelfOutput(nn.Module):
-    """dense -> dropout -> LayerNorm(x + residual) (keys `attention.output.*` and `output.*`)."""
+    """dense -> dropout -> LayerNorm(x + residual) (keys `attention.output.*` and `output.*`); see `finish`."""
 
     def __init__(self, in_size: int, config: ModelConfig):
         super().__init__()
@@ -70,11 +70,9 @@ class SelfOutput(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = Dropout(config.hidden_dropout_prob)
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.finish(self.dense(x), residual)
-
     def finish(self, projected: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """LayerNorm(dropout(projected) + residual), for a caller that applied `dense` itself (the attention)."""
+        """LayerNorm(dropout(projected) + residual), `projected` being `dense`'s output: the attention applies
+        `dense` itself (`DisentangledSelfAttention.forward`), the feed-forward block in its forward."""
         return self.LayerNorm(dropout_add(projected, residual, self.dropout.p, self.training))
 
 
