@@ -6,7 +6,7 @@ import torch
 from debertav3.config import ModelConfig
 from debertav3.model.attention import RelativeGather, log_bucket_position, relative_index
 from debertav3.model.cpu_attention import DisentangledAttention, band_table_rows, is_band_index
-from debertav3.model.dropout import Dropout, keep_mask
+from debertav3.model.dropout import Dropout, dropout, dropout_add, keep_mask
 from debertav3.model.head_linear import MergeHeads, SplitHeads
 
 
@@ -164,3 +164,17 @@ def test_dropout_rate_scale_gradient_and_seeding():
     (grad,) = torch.autograd.grad(y, x, torch.ones_like(y))
     assert torch.equal(grad, kept.float() / (1 - p))
     assert drop.eval()(x) is x and Dropout(0.0)(x) is x
+
+
+def test_dropout_add_equals_dropout_then_add_forward_and_backward():
+    """dropout_add(x, r) draws the same mask as dropout(x) under the same seed; x's gradient is that mask scaled,
+    r's passes through."""
+    x, r = torch.randn(64, 33, requires_grad=True), torch.randn(64, 33, requires_grad=True)
+    grad = torch.randn(64, 33)
+    torch.manual_seed(3)
+    fused = dropout_add(x, r, 0.25)
+    torch.manual_seed(3)
+    reference = dropout(x, 0.25) + r
+    assert torch.allclose(fused, reference, atol=1e-6)
+    for a, b in zip(torch.autograd.grad(fused, (x, r), grad), torch.autograd.grad(reference, (x, r), grad)):
+        assert torch.allclose(a, b, atol=1e-6)

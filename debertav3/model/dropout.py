@@ -50,40 +50,26 @@ def _scaled_product(x: torch.Tensor, mask: torch.Tensor, scale: float, added: to
 
 
 class _MaskedScale(torch.autograd.Function):
-    """x * mask * scale with the 0 / 1 mask saved for backward (the gradient is the same map)."""
-
-    @staticmethod
-    def forward(ctx, x, mask, scale):
-        ctx.save_for_backward(mask)
-        ctx.scale = scale
-        return _scaled_product(x, mask, scale)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (mask,) = ctx.saved_tensors
-        return _scaled_product(grad, mask, ctx.scale), None, None
-
-
-class _MaskedScaleAdd(torch.autograd.Function):
-    """residual + x * mask * scale in one pass; the residual's gradient passes through unchanged."""
+    """x * mask * scale (+ residual), the 0 / 1 mask saved for backward: x's gradient is the same map, the
+    residual's (when there is one) passes through unchanged."""
 
     @staticmethod
     def forward(ctx, x, mask, scale, residual):
         ctx.save_for_backward(mask)
-        ctx.scale = scale
+        ctx.scale, ctx.has_residual = scale, residual is not None
         return _scaled_product(x, mask, scale, residual)
 
     @staticmethod
     def backward(ctx, grad):
         (mask,) = ctx.saved_tensors
-        return _scaled_product(grad, mask, ctx.scale), None, None, grad
+        return _scaled_product(grad, mask, ctx.scale), None, None, grad if ctx.has_residual else None
 
 
 def dropout_add(x: torch.Tensor, residual: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     """dropout(x) + residual, the dropout and the sum in one pass on the CPU."""
     if not training or p == 0.0 or x.device.type != "cpu" or p == 1.0:
         return dropout(x, p, training) + residual
-    return _MaskedScaleAdd.apply(x, keep_mask(x.shape, p, x.device), 1.0 / (1.0 - p), residual)
+    return _MaskedScale.apply(x, keep_mask(x.shape, p, x.device), 1.0 / (1.0 - p), residual)
 
 
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
@@ -94,7 +80,7 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
         return F.dropout(x, p, True)
     if p == 1.0:
         return torch.zeros_like(x)
-    return _MaskedScale.apply(x, keep_mask(x.shape, p, x.device), 1.0 / (1.0 - p))
+    return _MaskedScale.apply(x, keep_mask(x.shape, p, x.device), 1.0 / (1.0 - p), None)
 
 
 class Dropout(nn.Module):

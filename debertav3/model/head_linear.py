@@ -23,7 +23,6 @@ class SplitHeads(torch.autograd.Function):
         N, X = x_NX.shape
         weight_HDX = weight.view(heads, -1, X)
         ctx.save_for_backward(x_NX, weight)
-        ctx.heads = heads
         return torch.baddbmm(bias.view(heads, 1, -1), x_NX.expand(heads, N, X), weight_HDX.transpose(1, 2))
 
     @staticmethod
