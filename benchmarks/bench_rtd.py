@@ -4,8 +4,10 @@ The baseline is what a user without debertav3 would write: generator `DebertaV2F
 discriminator `DebertaV2ForTokenClassification` (1 label), one shared word-embedding table, replacements sampled
 from the generator's softmax, loss = MLM + 50 * BCE over non-pad tokens, AdamW. Ours is `RTDModel` with the same
 shapes and, by default, the same sharing (ES; `--sharing gdes` adds E_Delta, a second vocabulary-sized table with
-its gradient and optimizer state), one AdamW step per iteration. The two steps alternate after warm-up; each
-figure is the median.
+its gradient and optimizer state), one AdamW step per iteration. The two steps alternate after warm-up (median
+step time of each) in each of `--repeats` fresh processes, and the ratio reported is the median of the processes'
+ratios: a step's speed depends on the state of its process's heap, the transformers step's most (+-9% from one
+process to the next at seq 512, where ours moves under 1%), so one process's ratio is partly luck.
 
     python benchmarks/bench_rtd.py --seq 128 --batch 16 --output results.json
 
@@ -33,6 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from debertav3 import RTDModel, generator_config
 from debertav3.config import ModelConfig
+from debertav3.io_utils import atomic_write_text
 from debertav3.train.optim import build_optimizer
 from debertav3.train_config import OptimConfig
 
@@ -145,9 +148,27 @@ def flops_per_token(step, batch, tokens: int) -> float:
     return counter.get_total_flops() / tokens
 
 
-def _peak_rss_child(name, args, queue):
+def _timing_child(args, queue):
+    """One repeat, in a fresh interpreter: the GEMM peak, then warm-up and alternating timed steps of both."""
     torch.manual_seed(0)
-    step, batch = STEPS[name](args), make_batch(args)
+    batch = make_batch(args)
+    steps = {name: cls(args) for name, cls in STEPS.items()}
+    peak = gemm_peak()
+    for step in steps.values():
+        for _ in range(args.warmup):
+            step(batch)
+    times = {name: [] for name in steps}
+    for _ in range(args.rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step(batch)
+            times[name].append(time.perf_counter() - start)
+    queue.put((peak, {name: statistics.median(seconds) for name, seconds in times.items()}))
+
+
+def _peak_rss_child(args, queue):
+    torch.manual_seed(0)
+    step, batch = STEPS[args.step](args), make_batch(args)
     for _ in range(3):
         step(batch)
     # VmHWM belongs to this address space; ru_maxrss would start from the parent's peak (kept across fork+exec).
@@ -156,22 +177,44 @@ def _peak_rss_child(name, args, queue):
     queue.put(peak_kib * 1024)
 
 
-def peak_rss(name: str, args, mmap_threshold: int | None = None) -> int:
-    ctx = mp.get_context("spawn")  # a fresh interpreter: its RSS is this step's alone
+def in_child(target, args, env: dict[str, str] | None = None):
+    """The one result of target(args, queue) run in a fresh interpreter (spawn), `env` set while it starts (glibc
+    reads MALLOC_* when a process starts)."""
+    ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    previous = os.environ.get("MALLOC_MMAP_THRESHOLD_")
-    if mmap_threshold:  # read by glibc when the child starts
-        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(mmap_threshold)
+    previous = {key: os.environ.get(key) for key in env or {}}
+    os.environ.update(env or {})
     try:
-        child = ctx.Process(target=_peak_rss_child, args=(name, args, queue))
+        child = ctx.Process(target=target, args=(args, queue))
         child.start()
     finally:
-        os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
-        if previous is not None:
-            os.environ["MALLOC_MMAP_THRESHOLD_"] = previous
+        for key, value in previous.items():
+            if value is None:
+                del os.environ[key]
+            else:
+                os.environ[key] = value
     value = queue.get()
     child.join()
     return value
+
+
+def peak_rss(name: str, args, mmap_threshold: int | None = None) -> int:
+    """Peak RSS of one step's process (a fresh interpreter: its RSS is this step's alone)."""
+    env = {"MALLOC_MMAP_THRESHOLD_": str(mmap_threshold)} if mmap_threshold else None
+    return in_child(_peak_rss_child, argparse.Namespace(**vars(args), step=name), env)
+
+
+def time_in_processes(args, tokens: int) -> list[dict]:
+    """Per fresh process: the GEMM peak, tokens/s of each step and their ratio."""
+    runs = []
+    for repeat in range(args.repeats):
+        peak, seconds = in_child(_timing_child, args)
+        run = {"gemm_peak_flops": peak, **{name: tokens / seconds[name] for name in STEPS}}
+        run["speedup"] = run["ours"] / run["transformers"]
+        runs.append(run)
+        print(f"  process {repeat + 1}/{args.repeats}: " + ", ".join(f"{name} {run[name]:.0f}" for name in STEPS)
+              + f" tokens/s, ratio {run['speedup']:.2f}x", flush=True)
+    return runs
 
 
 def main(argv=None) -> dict:
@@ -186,42 +229,37 @@ def main(argv=None) -> dict:
                         help="our embedding sharing (the baseline shares one table, as es)")
     parser.add_argument("--mmap-threshold", type=int, default=0,
                         help="also measure peak RSS with MALLOC_MMAP_THRESHOLD_ set to this (bytes)")
-    parser.add_argument("--rounds", type=int, default=9, help="timed steps of each, alternating")
+    parser.add_argument("--repeats", type=int, default=5, help="fresh processes to time in (the ratio is their median)")
+    parser.add_argument("--rounds", type=int, default=9, help="timed steps of each per process, alternating")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS children")
     parser.add_argument("--output", help="write the results as JSON here")
     args = parser.parse_args(argv)
+    if args.repeats < 1 or args.rounds < 1:
+        parser.error("--repeats and --rounds must be at least 1")
 
     torch.manual_seed(0)
     batch, tokens = make_batch(args), args.batch * args.seq
-    steps = {name: cls(args) for name, cls in STEPS.items()}
-    peak = gemm_peak()
-    flops = {name: flops_per_token(step, batch, tokens) for name, step in steps.items()}
-    for step in steps.values():
-        for _ in range(args.warmup):
-            step(batch)
-    times = {name: [] for name in steps}
-    for _ in range(args.rounds):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step(batch)
-            times[name].append(time.perf_counter() - start)
+    flops = {name: flops_per_token(cls(args), batch, tokens) for name, cls in STEPS.items()}
+    print(f"seq {args.seq} x batch {args.batch}, {args.repeats} processes:", flush=True)
+    runs = time_in_processes(args, tokens)
+    peak = statistics.median(run["gemm_peak_flops"] for run in runs)
     result = {"machine": f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads",
-              "torch": torch.__version__, "shape": vars(args), "gemm_peak_flops": peak}
-    for name in steps:
-        rate = tokens / statistics.median(times[name])
+              "torch": torch.__version__, "shape": vars(args), "gemm_peak_flops": peak, "processes": runs}
+    for name in STEPS:
+        rate = statistics.median(run[name] for run in runs)
         result[name] = {"tokens_per_second": rate, "flops_per_token": flops[name],
                         "achieved_flops": rate * flops[name], "utilisation": rate * flops[name] / peak}
         if not args.no_memory:
             result[name]["peak_rss_bytes"] = peak_rss(name, args)
             if args.mmap_threshold:
                 result[name]["peak_rss_bytes_mmap_threshold"] = peak_rss(name, args, args.mmap_threshold)
-    result["speedup"] = result["ours"]["tokens_per_second"] / result["transformers"]["tokens_per_second"]
+    result["speedup"] = statistics.median(run["speedup"] for run in runs)
     for key in ("peak_rss_bytes", "peak_rss_bytes_mmap_threshold"):
         if key in result["ours"]:
             result[key.replace("peak_rss_bytes", "memory_ratio")] = result["ours"][key] / result["transformers"][key]
-    print(f"seq {args.seq} x batch {args.batch}, GEMM peak {peak / 1e9:.0f} GFLOP/s")
-    for name in steps:
+    print(f"medians, GEMM peak {peak / 1e9:.0f} GFLOP/s:")
+    for name in STEPS:
         r = result[name]
         memory = f", peak RSS {r['peak_rss_bytes'] / 2**30:.2f} GiB" if "peak_rss_bytes" in r else ""
         if "peak_rss_bytes_mmap_threshold" in r:
@@ -230,10 +268,10 @@ def main(argv=None) -> dict:
               f"{r['achieved_flops'] / 1e9:6.1f} GFLOP/s ({100 * r['utilisation']:.0f}% of peak){memory}")
     ratios = [f"{result[k]:.2f}x peak RSS{label}" for k, label in (("memory_ratio", ""), (
         "memory_ratio_mmap_threshold", " with the mmap threshold")) if k in result]
-    print(f"  ours / transformers: {result['speedup']:.2f}x tokens/s" + "".join(f", {r}" for r in ratios))
+    print(f"  ours / transformers: {result['speedup']:.2f}x tokens/s (median of the processes' ratios)"
+          + "".join(f", {r}" for r in ratios))
     if args.output:
-        with open(args.output, "w") as fh:
-            json.dump(result, fh, indent=2)
+        atomic_write_text(args.output, json.dumps(result, indent=2))
     return result
 
 

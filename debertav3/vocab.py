@@ -18,7 +18,9 @@ import torch
 
 from .model.tied_table import TableGradient
 
-CHUNK_BYTES = 16 * 2 ** 20  # logits per chunk: well below glibc's 32 MiB mmap ceiling, so the heap reuses them
+CHUNK_BYTES = 24 * 2 ** 20  # logits per chunk: below glibc's 32 MiB mmap ceiling, so the heap reuses them; the ~300
+# masked rows of a 2048-token batch go in 2 chunks, not 3: the [V, HD] gradient product has K = rows, and 150 rows
+# run 1.2x faster than 99 (-1.5% of a seq-128 step)
 
 
 def sample_tokens(probs_NV: torch.Tensor, uniforms_N: torch.Tensor, special_ids: torch.Tensor,
