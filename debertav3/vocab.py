@@ -93,13 +93,16 @@ class _ChunkedVocabularyLoss(torch.autograd.Function):
                 grad_logits = probs  # p - onehot(y) in place; the 1 / denominator is applied to the small results
                 grad_logits[torch.arange(len(targets), device=targets.device), targets] -= 1.0
                 grad_h[chunk] = (grad_logits.to(h.dtype) @ weight_VH).to(h.dtype)
-                grad_w = _add_product(grad_w, grad_logits.t().to(h.dtype), h)
+                # [V, HD]: 1 / denominator rides on the product, saving backward a pass over the table's size
+                grad_w = _add_product(grad_w, grad_logits.t().to(h.dtype), h, 1.0 / denominator)
                 grad_b = grad_logits.sum(0) if grad_b is None else grad_b.add_(grad_logits.sum(0))
         if want_grad and grad_w is None:  # no masked rows in this micro-batch
             grad_w = torch.zeros_like(weight_VH, dtype=torch.float32)
             grad_b = torch.zeros_like(bias_V, dtype=torch.float32)
         ctx.grads = (grad_h, grad_w, grad_b)
         ctx.denominator, ctx.table_gradient = denominator, table_gradient
+        # Reading grad_loss in backward is free on the CPU, but not traceable by torch.compile.
+        ctx.read_grad_loss = h_NH.device.type == "cpu" and not torch.compiler.is_compiling()
         ctx.weight_dtype, ctx.bias_dtype = weight_VH.dtype, bias_V.dtype
         ctx.mark_non_differentiable(correct, sampled)
         return loss / denominator, correct, sampled
@@ -110,23 +113,28 @@ class _ChunkedVocabularyLoss(torch.autograd.Function):
             raise RuntimeError("the vocabulary loss was already backpropagated; it cannot retain its graph")
         grad_h, grad_w, grad_b = ctx.grads
         ctx.grads = None
-        # In place: these buffers belong to this graph alone, and are [V, HD] in size.
+        # In place: these buffers belong to this graph alone. grad_w is already divided by the denominator, and
+        # grad_loss is 1 in training (L = L_MLM + 50 L_RTD), when the pass over the [V, HD] table is skipped.
         scale = grad_loss / ctx.denominator
-        grads = [g.mul_(scale) if g is not None else None for g in (grad_h, grad_w, grad_b)]
-        grad_weight = grads[1].to(ctx.weight_dtype)
+        grads = [g.mul_(scale) if g is not None else None for g in (grad_h, grad_b)]
+        if not ctx.read_grad_loss or grad_loss.item() != 1.0:
+            grad_w.mul_(grad_loss)
+        grad_weight = grad_w.to(ctx.weight_dtype)
         if ctx.table_gradient is not None:  # the input lookup of the same table adds its rows and returns the sum
             ctx.table_gradient.put(grad_weight)
             grad_weight = None
-        return grads[0], grad_weight, grads[2].to(ctx.bias_dtype), None, None, None, None, None, None
+        return grads[0], grad_weight, grads[1].to(ctx.bias_dtype), None, None, None, None, None, None
 
 
-def _add_product(total: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """total + a @ b in fp32, accumulated in place (no zero fill, no [V, HD] temporary) when the dtypes allow."""
+def _add_product(total: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
+    """total + alpha * a @ b in fp32, accumulated in place (no zero fill, no [V, HD] temporary) when the dtypes
+    allow, alpha inside the product (addmm's alpha) rather than a pass of its own."""
+    same_dtype = a.dtype == b.dtype == torch.float32 and not torch.is_autocast_enabled(a.device.type)
     if total is None:
-        return (a @ b).float()
-    if a.dtype == b.dtype == total.dtype and not torch.is_autocast_enabled(total.device.type):
-        return total.addmm_(a, b)
-    return total.add_(a @ b)
+        return torch.addmm(a.new_empty(()), a, b, beta=0.0, alpha=alpha) if same_dtype else (a @ b).float() * alpha
+    if same_dtype:
+        return total.addmm_(a, b, alpha=alpha)
+    return total.add_(a @ b, alpha=alpha)
 
 
 def vocabulary_loss(h_NH: torch.Tensor, weight_VH: torch.Tensor, bias_V: torch.Tensor, targets_N: torch.Tensor,

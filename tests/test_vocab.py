@@ -21,16 +21,17 @@ def inputs(n=23, v=50, h=8):
     return states, table, bias, targets, uniforms
 
 
-@pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_chunked_loss_gradients_and_samples_equal_the_unfused_step(monkeypatch, temperature):
+@pytest.mark.parametrize("temperature,loss_weight", [(1.0, 1.0), (0.7, 3.0)])
+def test_chunked_loss_gradients_and_samples_equal_the_unfused_step(monkeypatch, temperature, loss_weight):
+    """loss_weight 1 takes the path where backward skips scaling the [V, HD] gradient, 3 the one that scales it."""
     monkeypatch.setattr(vocab, "CHUNK_BYTES", 4 * 50 * 5)  # 5 rows per chunk: 23 rows take 5 chunks
     states, table, bias, targets, uniforms = inputs()
     loss, accuracy, sampled = vocabulary_loss(states, table, bias, targets, uniforms, 40.0, temperature, SPECIALS)
-    got = torch.autograd.grad(3.0 * loss, (states, table, bias))
+    got = torch.autograd.grad(loss_weight * loss, (states, table, bias))
 
     logits = states @ table.t() + bias
     expected_loss = F.cross_entropy(logits, targets, reduction="sum") / 40.0
-    expected = torch.autograd.grad(3.0 * expected_loss, (states, table, bias))
+    expected = torch.autograd.grad(loss_weight * expected_loss, (states, table, bias))
     probs = torch.softmax(logits.detach() / temperature, -1)
     assert torch.allclose(loss, expected_loss, atol=1e-6)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got, expected))
