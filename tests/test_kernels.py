@@ -38,11 +38,13 @@ def unfused_attention(q, k, v, c2p, p2c, idx, padding, scale, keep, keep_prob):
 @pytest.mark.parametrize("per_sequence_index", [False, True])
 def test_disentangled_attention_gradcheck_without_and_with_drop_mask(per_sequence_index):
     q, k, v, c2p, p2c, idx, padding = attention_inputs(per_sequence_index=per_sequence_index)
-    run = lambda keep, prob: lambda *t: DisentangledAttention.apply(*t, idx, padding, 0.5, keep, prob)  # noqa: E731
+    # keep.clone(): the function takes the mask's buffer over (it ends up holding the dropped probabilities)
+    run = lambda keep, prob: lambda *t: DisentangledAttention.apply(  # noqa: E731
+        *t, idx, padding, 0.5, None if keep is None else keep.clone(), prob)
     assert torch.autograd.gradcheck(run(None, 1.0), (q, k, v, c2p, p2c))
-    keep = (torch.rand(4, 3, 5, generator=torch.Generator().manual_seed(7)) >= 0.3).float()
+    keep = (torch.rand(4, 3, 5, generator=torch.Generator().manual_seed(7)) >= 0.3).to(q.dtype)
     assert torch.autograd.gradcheck(run(keep, 0.7), (q, k, v, c2p, p2c))
-    only_c2p = lambda *t: DisentangledAttention.apply(*t, None, idx, padding, 0.5, keep, 0.7)  # noqa: E731
+    only_c2p = lambda *t: DisentangledAttention.apply(*t, None, idx, padding, 0.5, keep.clone(), 0.7)  # noqa: E731
     assert torch.autograd.gradcheck(only_c2p, (q, k, v, c2p))
 
 
@@ -51,7 +53,7 @@ def test_disentangled_attention_equals_unfused_composition():
     q, k, v, c2p, p2c = (t.float().detach().requires_grad_() for t in inputs[:5])
     idx, padding = inputs[5:]
     keep = (torch.rand(6, 7, 9, generator=torch.Generator().manual_seed(5)) >= 0.1).float()
-    ours = DisentangledAttention.apply(q, k, v, c2p, p2c, idx, padding, 0.25, keep, 0.9)
+    ours = DisentangledAttention.apply(q, k, v, c2p, p2c, idx, padding, 0.25, keep.clone(), 0.9)
     reference = unfused_attention(q, k, v, c2p, p2c, idx, padding, 0.25, keep, 0.9)
     grad = torch.randn_like(ours)
     got = torch.autograd.grad(ours, (q, k, v, c2p, p2c), grad)
@@ -80,7 +82,7 @@ def test_band_layout_equals_the_indexed_composition_and_passes_gradcheck(blocks)
         return torch.gather(per_block, -1, rows_KW[:, None, :].expand(H, B, K, L // K, W)).transpose(1, 2)
 
     c2p, p2c = blocked(c2p_full, "c2p").contiguous(), blocked(p2c_full, "p2c").contiguous()
-    ours = DisentangledAttention.apply(q, k, v, c2p, p2c, None, padding, 0.5, keep, 0.7)
+    ours = DisentangledAttention.apply(q, k, v, c2p, p2c, None, padding, 0.5, keep.clone(), 0.7)
     reference = unfused_attention(q, k, v, c2p_full, p2c_full, idx, padding, 0.5, keep, 0.7)
     grad = torch.randn_like(ours)
     assert torch.allclose(ours, reference, atol=1e-12)
@@ -89,7 +91,7 @@ def test_band_layout_equals_the_indexed_composition_and_passes_gradcheck(blocks)
         assert torch.allclose(a, b, atol=1e-12)
     c2p, p2c = c2p.detach().requires_grad_(), p2c.detach().requires_grad_()
     band = lambda c2p, p2c: lambda *t: DisentangledAttention.apply(  # noqa: E731
-        *t[:3], c2p(t), p2c(t), None, padding, 0.5, keep, 0.7)
+        *t[:3], c2p(t), p2c(t), None, padding, 0.5, keep.clone(), 0.7)
     assert torch.autograd.gradcheck(band(lambda t: t[3], lambda t: t[4]), (q, k, v, c2p, p2c))
     assert torch.autograd.gradcheck(band(lambda t: t[3], lambda t: None), (q, k, v, c2p))
     assert torch.autograd.gradcheck(band(lambda t: None, lambda t: t[3]), (q, k, v, p2c))
