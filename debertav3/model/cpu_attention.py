@@ -46,8 +46,9 @@ class DisentangledAttention(torch.autograd.Function):
         if not key_padding_mask.all():
             scores_HBQK.masked_fill_(~key_padding_mask[None, :, None, :], torch.finfo(acc).min)
         scores = scores_HBQK.view(N, Lq, Lk).baddbmm_(q.to(acc), k.to(acc).transpose(1, 2), alpha=scale)
-        probs = torch.softmax(scores, -1)
-        del scores, scores_HBQK
+        # In place (softmax's out= overload on its own input, safe row by row): no fresh [N, Lq, Lk] tensor.
+        probs = torch.ops.aten._softmax.out(scores, -1, False, out=scores)
+        del scores_HBQK
         if keep is None:
             dropped = probs
         else:
