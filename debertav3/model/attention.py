@@ -21,7 +21,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from .cpu_attention import DisentangledAttention, band_blocks, band_table_rows, is_band_index
-from .dropout import Dropout, keep_mask
+from .dropout import Dropout
 from .head_linear import MergeHeads, SplitHeads
 
 
@@ -192,7 +192,6 @@ class DisentangledSelfAttention(nn.Module):
         """The context [H, B, Lq, D] from head-major queries, keys and values."""
         H, B, Lq, D = q_HBQD.shape
         Lk = k_HBKD.shape[2]
-        keep = keep_mask((H * B, Lq, Lk), dropout_prob) if dropout_prob > 0 else None
         table = pos_key_RX if pos_key_RX is not None else pos_query_RX
         band = table is not None and is_band_index(rel_idx, table.shape[0])
         if band:
@@ -201,7 +200,7 @@ class DisentangledSelfAttention(nn.Module):
             c2p, p2c = self._against_table(q_HBQD, pos_key_RX), self._against_table(k_HBKD, pos_query_RX)
         context = DisentangledAttention.apply(
             q_HBQD.view(H * B, Lq, D), k_HBKD.view(H * B, Lk, D), v_HBKD.view(H * B, Lk, D), c2p, p2c,
-            None if band else rel_idx, key_padding_mask, self.scale, keep, 1.0 - dropout_prob)
+            None if band else rel_idx, key_padding_mask, self.scale, None, 1.0 - dropout_prob)
         return context.view(H, B, Lq, D)
 
     def _sdpa_attention(self, q_BQX, k_BKX, v_BKX, pos_key_RX, pos_query_RX, rel_idx, key_padding_mask,

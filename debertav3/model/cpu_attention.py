@@ -22,6 +22,8 @@ import functools
 
 import torch
 
+from .dropout import keep_mask
+
 BAND_BLOCK = 32  # rows per block of the band layout (`band_view`)
 
 
@@ -31,9 +33,10 @@ class DisentangledAttention(torch.autograd.Function):
     c2p_table [H, B, Lq, R] = q . pos_key^T and p2c_table [H, B, Lk, R] = k . pos_query^T (either may be None),
     idx [Lq, Lk] or [B, Lq, Lk] indexes their last dimension; or idx is None and the tables are band-layout
     products [H, K, B, T, W] (`band_view`, `band_table_rows`);
-    key_padding_mask [B, Lk] is True at real tokens; keep [N, Lq, Lk] fp32 0 / 1 (0 where dropped) or None, with
-    keep_prob = 1 - p. The function takes keep's buffer over (it ends up holding the dropped-out probabilities):
-    at L = 512 not allocating a fresh [N, L, L] tensor there is 3% of a step under glibc's default settings.
+    key_padding_mask [B, Lk] is True at real tokens; keep_prob = 1 - p; keep [N, Lq, Lk] fp32 0 / 1 (0 where
+    dropped), or None to draw the mask here (`dropout.keep_mask`) when keep_prob < 1, into the buffer the p2c read
+    leaves free where there is one. The function takes keep's buffer over (it ends up holding the dropped-out
+    probabilities): at L = 512 each [N, L, L] tensor not allocated is about 3% of a step under glibc's defaults.
     """
 
     @staticmethod
@@ -42,13 +45,16 @@ class DisentangledAttention(torch.autograd.Function):
         B = key_padding_mask.shape[0]
         H = N // B
         acc = torch.promote_types(q.dtype, torch.float32)  # scores and softmax in at least fp32 (official code)
-        scores_HBQK = _position_scores(c2p_table, p2c_table, idx, (H, B, Lq, Lk), acc, q.device)
+        scores_HBQK, spare = _position_scores(c2p_table, p2c_table, idx, (H, B, Lq, Lk), acc, q.device)
         if not key_padding_mask.all():
             scores_HBQK.masked_fill_(~key_padding_mask[None, :, None, :], torch.finfo(acc).min)
         scores = scores_HBQK.view(N, Lq, Lk).baddbmm_(q.to(acc), k.to(acc).transpose(1, 2), alpha=scale)
         # In place (softmax's out= overload on its own input, safe row by row): no fresh [N, Lq, Lk] tensor.
         probs = torch.ops.aten._softmax.out(scores, -1, False, out=scores)
         del scores_HBQK
+        if keep is None and keep_prob < 1.0:
+            keep = keep_mask((N, Lq, Lk), 1.0 - keep_prob, q.device, None if spare is None else spare.view(N, Lq, Lk))
+        del spare
         if keep is None:
             dropped = probs
         else:
@@ -157,20 +163,21 @@ def _band_index(length: int) -> torch.Tensor:
     return torch.arange(length)[:, None] - torch.arange(length)[None, :] + length - 1
 
 
-def _position_scores(c2p_table, p2c_table, idx, shape_HBQK, acc, device) -> torch.Tensor:
-    """c2p + p2c as a new [H, B, Lq, Lk] tensor of dtype acc (zeros when both terms are off)."""
+def _position_scores(c2p_table, p2c_table, idx, shape_HBQK, acc, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(c2p + p2c as a new [H, B, Lq, Lk] tensor of dtype acc (zeros when both terms are off), a spare tensor of
+    the same shape and dtype that is no longer needed, or None)."""
     if c2p_table is None and p2c_table is None:
-        return torch.zeros(shape_HBQK, dtype=acc, device=device)
+        return torch.zeros(shape_HBQK, dtype=acc, device=device), None
     if idx is None:
         terms = [band_view(t.to(acc).contiguous(), name) for t, name in ((c2p_table, "c2p"), (p2c_table, "p2c"))
                  if t is not None]
         out = torch.empty(shape_HBQK, dtype=acc, device=device)
         out_blocks = out.view(terms[0].shape)
         torch.add(*terms, out=out_blocks) if len(terms) == 2 else out_blocks.copy_(terms[0])
-        return out
+        return out, None
     terms = [_read_term(t.to(acc), idx, name) for t, name in ((c2p_table, "c2p"), (p2c_table, "p2c"))
              if t is not None]
-    return terms[0] if len(terms) == 1 else terms[0].add_(terms[1])
+    return (terms[0], None) if len(terms) == 1 else (terms[0].add_(terms[1]), terms[1])
 
 
 @functools.lru_cache(maxsize=16)
