@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import tempfile
 import time
 from pathlib import Path
 
@@ -67,9 +68,8 @@ class Trainer:
         self.out = Path(cfg.train.output_dir)
         try:
             self.out.mkdir(parents=True, exist_ok=True)
-            probe = self.out / ".write-test"
-            probe.write_text("")
-            probe.unlink()
+            with tempfile.TemporaryFile(dir=self.out):  # a name of its own: every process of a launch probes
+                pass
         except OSError as exc:
             raise UserError(f"train.output_dir {self.out} is not writable ({exc.strerror}); choose another") from None
         self.accelerator = Accelerator(mixed_precision=resolve_precision(cfg.train.mixed_precision),
