@@ -183,8 +183,9 @@ def _position_scores(c2p_table, p2c_table, idx, shape_HBQK, acc, device) -> tupl
 @functools.lru_cache(maxsize=16)
 def _flat_index(idx_QK: torch.Tensor, rows: int, term: str) -> torch.Tensor:
     """For each score (i, j), the position of the entry it reads in one (head, sequence)'s flattened [L * R]
-    table: row i, column idx(i, j) for c2p (a row per query), row j for p2c (a row per key). Built once per
-    index (the index itself is cached per length)."""
+    table: row i, column idx(i, j) for c2p (a row per query), row j for p2c (a row per key). Cached by the index
+    tensor's identity (tensors hash by id, and the cache keeps each one alive): `relative_index` returns one
+    cached tensor per length, so this runs once per length and term."""
     Lq, Lk = idx_QK.shape
     row = torch.arange(Lq)[:, None] if term == "c2p" else torch.arange(Lk)[None, :]
     return (idx_QK + row.to(idx_QK.device) * rows).view(-1)

@@ -31,7 +31,8 @@ def random_words(count: int, device=None) -> torch.Tensor:
     return torch.from_numpy(np.random.SFC64(seed).random_raw(count).view(np.int64))
 
 
-def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device=None, out: torch.Tensor | None = None):
+def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device=None,
+              out: torch.Tensor | None = None) -> torch.Tensor:
     """fp32 tensor of `shape`: 0 (dropped) with probability round(p * 2^16) / 2^16, else 1; default generator.
     Written into `out` (a floating tensor of `shape`) when given.
 
