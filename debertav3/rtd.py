@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .metrics import prior_relative_loss, roc_auc
 from .model import MaskedLMModel, ReplacedTokenDetectionModel
 from .model.tied_table import TableGradient
 from .vocab import sample_tokens, vocabulary_loss
@@ -43,13 +44,17 @@ class RTDOutput:
     replaced_fraction: Optional[torch.Tensor] = None
     precision: Optional[torch.Tensor] = None  # of the "replaced" class
     recall: Optional[torch.Tensor] = None
+    rtd_auc: Optional[torch.Tensor] = None  # ROC-AUC of the "replaced" scores (debertav3.metrics.roc_auc)
+    rtd_loss_vs_prior: Optional[torch.Tensor] = None  # BCE / H(replaced fraction); 1.0 = learned nothing
     discriminator_input_ids: Optional[torch.Tensor] = None
     rtd_labels: Optional[torch.Tensor] = None
+    rtd_logits: Optional[torch.Tensor] = None  # detached, float32 [non-pad tokens], in row-major order
+    rtd_targets: Optional[torch.Tensor] = None  # 1.0 replaced, 0.0 original, aligned with rtd_logits
 
     def metric_tensors(self) -> dict[str, torch.Tensor]:
         """Detached scalar tensors, for accumulating without a host sync."""
         names = ("loss", "mlm_loss", "mlm_accuracy", "rtd_loss", "rtd_accuracy", "replaced_fraction", "precision",
-                 "recall")
+                 "recall", "rtd_auc", "rtd_loss_vs_prior")
         return {n: getattr(self, n).detach().float() for n in names if getattr(self, n) is not None}
 
     def metrics(self) -> dict[str, float]:
@@ -143,6 +148,7 @@ class RTDModel(nn.Module):
         rtd_loss = F.binary_cross_entropy_with_logits(rtd_logits, rtd_targets, reduction="sum") / num_tokens
         return RTDOutput(loss=mlm_loss + self.rtd_weight * rtd_loss, mlm_loss=mlm_loss, mlm_accuracy=mlm_accuracy,
                          rtd_loss=rtd_loss, discriminator_input_ids=discriminator_input, rtd_labels=rtd_labels,
+                         rtd_logits=rtd_logits.detach(), rtd_targets=rtd_targets,
                          **detection_metrics(rtd_logits.detach(), rtd_targets))
 
     @torch.no_grad()
@@ -165,14 +171,18 @@ def to_floats(tensors: dict[str, torch.Tensor]) -> dict[str, float]:
 
 
 def detection_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Accuracy, replaced fraction, and precision / recall of the "replaced" class (0 where undefined)."""
+    """Accuracy, replaced fraction, precision / recall of the "replaced" class (0 where undefined), and the two
+    measures a constant answer cannot game: ROC-AUC (0.5) and BCE / H(replaced fraction) (1.0, debertav3.metrics).
+    One sort of the batch's scores, no host sync."""
     predicted = logits > 0
     actual = targets > 0.5
     true_positive = (predicted & actual).sum().float()
     return dict(rtd_accuracy=(predicted == actual).float().mean(),
                 replaced_fraction=actual.float().mean(),
                 precision=true_positive / predicted.sum().clamp(min=1),
-                recall=true_positive / actual.sum().clamp(min=1))
+                recall=true_positive / actual.sum().clamp(min=1),
+                rtd_auc=roc_auc(logits, targets),
+                rtd_loss_vs_prior=prior_relative_loss(logits, targets))
 
 
 @torch.no_grad()

@@ -125,7 +125,8 @@ class TrainSection:
     keep_freed_memory: bool = True  # CPU: glibc keeps freed activations for the next step (train/allocator.py)
     progress: bool = True
     nonfinite: str = "skip"  # non-finite gradients: skip the update and count it, or stop after saving
-
+    collapse_check_step: int = 2000  # from this step on, warn once if eval RTD AUC < collapse_auc; 0: never
+    collapse_auc: float = 0.6
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "log_every", "eval_every",
@@ -136,6 +137,11 @@ class TrainSection:
             raise ValueError(f"train.nonfinite {self.nonfinite!r} is unknown; use skip or stop")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ValueError(f"train.mixed_precision {self.mixed_precision!r} is unknown; use auto, no, bf16 or fp16")
+        if self.collapse_check_step < 0:
+            raise ValueError(f"train.collapse_check_step must be >= 0 (0 disables the check), got "
+                             f"{self.collapse_check_step}")
+        if not 0.5 < self.collapse_auc < 1.0:
+            raise ValueError(f"train.collapse_auc must be in (0.5, 1), got {self.collapse_auc}")
 
 
 @dataclass

@@ -67,11 +67,20 @@ def test_overrides_merge_in_order(tmp_path):
     ("data.max_seq_length=1024", "max_position_embeddings"),
     ("objective=clm", "objective"),
     ("max_steps", "key=value"),
+    ("train.collapse_auc=0.5", "train.collapse_auc must be in"),
+    ("train.collapse_auc=1.0", "train.collapse_auc must be in"),
+    ("train.collapse_check_step=-1", "train.collapse_check_step must be >= 0"),
 ])
 def test_bad_overrides_fail_naming_the_key(override, match):
     with pytest.raises(ConfigError, match=match) as info:
         load_config(None, None, [override])
     assert "\n" not in str(info.value)
+
+
+def test_collapse_guard_defaults_and_off_switch():
+    assert (load_config().train.collapse_check_step, load_config().train.collapse_auc) == (2000, 0.6)
+    cfg = load_config(None, None, ["train.collapse_check_step=0", "train.collapse_auc=0.75"])
+    assert (cfg.train.collapse_check_step, cfg.train.collapse_auc) == (0, 0.75)
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])

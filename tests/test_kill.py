@@ -1,6 +1,6 @@
 """Crash safety: SIGKILL at random moments and during checkpoint writes, resume, same final parameters.
 
-Also SIGTERM: the trainer finishes the step, writes a checkpoint and exits cleanly with a message.
+Also SIGTERM: the trainer finishes the step, writes a checkpoint and exits cleanly with a message and its summary.
 """
 
 import json
@@ -100,4 +100,6 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(corpus, tmp_path):
     assert "received SIGTERM: saved step" in output
     step = latest_step(tmp_path)
     assert 3 <= step < MAX_STEPS
+    assert f"pretraining stopped (SIGTERM) at step {step} of {MAX_STEPS}" in output, output[-2000:]
+    assert f"last checkpoint: {tmp_path / 'checkpoints' / f'step-{step:08d}'}" in output
     assert_checkpoints_loadable(tmp_path)

@@ -1,5 +1,7 @@
 """The RTD objective: gradient flow per sharing mode, labels, sampling, and that it learns."""
 
+import math
+
 import pytest
 import torch
 
@@ -155,12 +157,32 @@ def test_metrics_hand_computed():
     assert m["replaced_fraction"].item() == pytest.approx(0.6)
 
 
+def test_metric_tensors_carry_auc_and_loss_vs_prior_of_the_detached_scores():
+    from debertav3.metrics import prior_relative_loss, roc_auc
+
+    model, batch = make_model("gdes"), make_batch()
+    _, mask, _, _ = batch
+    out = model(*batch[:3], generator=torch.Generator().manual_seed(1))
+    assert not out.rtd_logits.requires_grad and out.rtd_logits.shape == (int(mask.sum()),)
+    assert torch.equal(out.rtd_targets, out.rtd_labels[mask.bool()].float())
+    metrics = out.metric_tensors()
+    assert "rtd_logits" not in metrics and "rtd_targets" not in metrics
+    assert torch.equal(metrics["rtd_auc"], roc_auc(out.rtd_logits, out.rtd_targets))
+    assert torch.equal(metrics["rtd_loss_vs_prior"], prior_relative_loss(out.rtd_logits, out.rtd_targets))
+    # with the default denominators the ratio's BCE is the model's RTD loss (both over the non-pad tokens)
+    q = out.replaced_fraction.item()
+    assert out.rtd_loss_vs_prior.item() == pytest.approx(
+        out.rtd_loss.item() / -(q * math.log(q) + (1 - q) * math.log(1 - q)), rel=1e-5)
+    assert 0.0 <= metrics["rtd_auc"].item() <= 1.0
+
+
 def test_mlm_objective_has_no_discriminator():
     torch.manual_seed(0)
     model = RTDModel(preset("tiny"), objective="mlm")
     out = model(*make_batch()[:3])
     assert model.discriminator is None and out.rtd_loss is None
     assert torch.equal(out.loss, out.mlm_loss)
+    assert out.rtd_logits is None and "rtd_auc" not in out.metric_tensors()
 
 
 def test_sharing_modes_reject_mismatched_widths():

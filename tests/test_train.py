@@ -1,8 +1,11 @@
 """The trainer end to end on CPU: a smoke run, exact resume, and 2 processes against 1."""
 
+import json
 import os
+import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from debertav3.train import load_config
 from debertav3.train.checkpoint import complete_checkpoints
 from debertav3.train.loop import train
+from debertav3.train.report import CollapseWarning
 
 from conftest import ROOT, SMALL_MODEL, corpus_overrides, write_corpus
 
@@ -49,15 +53,84 @@ def test_smoke_run_losses_fall_and_everything_is_logged(corpus, tmp_path):
     train(config(corpus, tmp_path, "train.max_steps=30"))
     logged = scalars(tmp_path)
     for tag in ("loss", "mlm_loss", "rtd_loss", "mlm_accuracy", "rtd_accuracy", "replaced_fraction", "precision",
-                "recall", "lr", "grad_norm", "tokens_per_second"):
+                "recall", "rtd_auc", "rtd_loss_vs_prior", "lr", "grad_norm", "tokens_per_second"):
         assert len(logged[f"train/{tag}"]) == 30, tag
     for tag in ("E_G", "E_D", "E_Delta"):
         assert len(logged[f"embeddings/cosine_{tag}"]) == 6
-    assert {10, 20, 30} <= set(logged["eval/loss"])
+    for tag in ("loss", "rtd_auc", "rtd_loss_vs_prior", "mlm_accuracy", "mlm_accuracy_unigram", "mlm_loss_unigram"):
+        assert {10, 20, 30} <= set(logged[f"eval/{tag}"]), tag
+    # the same masks at every evaluation: the targets' baselines do not move
+    assert len(set(logged["eval/mlm_accuracy_unigram"].values())) == 1
     for tag in ("train/mlm_loss", "train/rtd_loss"):
         curve = [logged[tag][s] for s in range(1, 31)]
         assert sum(curve[-5:]) < sum(curve[:5]), f"{tag} did not fall: {curve}"
     assert [p.name for p in complete_checkpoints(tmp_path)] == ["step-00000030"]
+
+
+def test_collapse_guard_warns_once_on_a_run_that_cannot_learn(corpus, tmp_path, capsys):
+    cfg = config(corpus, tmp_path, "optim.lr=1e-9", "train.max_steps=20", "train.eval_batches=4",
+                 "train.collapse_check_step=10")
+    with pytest.warns(CollapseWarning) as record:
+        train(cfg)
+    collapse = [w for w in record if issubclass(w.category, CollapseWarning)]
+    assert len(collapse) == 1, [str(w.message) for w in collapse]
+    message = str(collapse[0].message)
+    assert message.startswith("step 10: eval RTD AUC") and "has not learned to detect replacements" in message
+    auc = scalars(tmp_path)["eval/rtd_auc"]
+    assert set(auc) == {10, 20} and all(0.4 < v < 0.6 for v in auc.values()), auc
+    summary = capsys.readouterr().out.split("pretraining finished")[-1]
+    fired = re.search(r"collapse guard: fired at step 10 \(eval RTD AUC (0\.\d{3})\)", summary)
+    assert fired and float(fired.group(1)) == pytest.approx(auc[10], abs=5e-4), summary
+
+
+def test_a_learning_run_keeps_the_guard_silent_and_prints_its_summary(corpus, tmp_path, capsys):
+    """Near-uniform replacements (high temperature) are easy to spot by token identity: a tiny model learns that
+    in a few dozen steps (AUC 0.83, 0.88, 0.88 at steps 20, 40, 60 when this was written)."""
+    cfg = config(corpus, tmp_path, "optim.lr=1e-3", "rtd.temperature=100", "train.max_steps=60",
+                 "train.eval_every=20", "train.eval_batches=4", "train.collapse_check_step=20")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CollapseWarning)
+        logged = train(cfg)
+    logged_eval = scalars(tmp_path)
+    auc, ratio = logged_eval["eval/rtd_auc"], logged_eval["eval/rtd_loss_vs_prior"]
+    assert set(auc) == {20, 40, 60} and min(auc.values()) > 0.75 and auc[60] > auc[20], auc
+    assert ratio[60] < min(ratio[20], 0.8), ratio
+    out = capsys.readouterr().out
+    checkpoint = complete_checkpoints(tmp_path)[-1]
+    tokens = json.loads((checkpoint / "trainer_state.json").read_text())["tokens_seen"]
+    figures = (f"RTD AUC {logged['eval/rtd_auc']:.3f}, RTD loss / prior {logged['eval/rtd_loss_vs_prior']:.2f}, "
+               f"MLM accuracy {logged['eval/mlm_accuracy']:.3f} (unigram {logged['eval/mlm_accuracy_unigram']:.3f})")
+    assert "eval step 20: RTD AUC" in out and f"eval step 60: {figures}" in out
+    summary = out.split("pretraining finished")[-1]
+    assert summary.startswith(f" at step 60 of 60: {tokens:,} tokens seen, wall time")
+    assert f"last eval (step 60): {figures}" in summary and "collapse guard" not in summary
+    assert f"last checkpoint: {checkpoint}" in summary
+    assert f"next: python tools/export.py {tmp_path} {tmp_path}-hf\n" in summary + "\n"
+
+
+def test_an_mlm_run_reports_unigram_baselines_and_no_detection_metrics(corpus, tmp_path, capsys):
+    logged = train(config(corpus, tmp_path, "objective=mlm", "train.max_steps=2"))
+    assert 0 < logged["eval/mlm_accuracy_unigram"] < 1 and logged["eval/mlm_loss_unigram"] > 0
+    assert not any("rtd" in k for k in logged), sorted(logged)
+    summary = capsys.readouterr().out.split("pretraining finished")[-1]
+    assert f"MLM accuracy {logged['eval/mlm_accuracy']:.3f} (unigram {logged['eval/mlm_accuracy_unigram']:.3f})" \
+        in summary and "AUC" not in summary
+    assert f"python tools/export.py {tmp_path} {tmp_path}-hf --part generator" in summary
+
+
+def test_a_command_line_run_shows_the_collapse_warning_on_stderr(corpus, tmp_path):
+    """What a user of a recipe sees: the warning on stderr (Python's default warning filters), the summary on
+    stdout."""
+    result = subprocess.run([sys.executable, str(ROOT / "recipes" / "rtd_tiny.py"), *corpus_overrides(corpus),
+                             f"train.output_dir={tmp_path}", "train.max_steps=4", "train.eval_every=2",
+                             "train.eval_batches=1", "train.collapse_check_step=2", "optim.lr=1e-9",
+                             "train.progress=false", "data.max_seq_length=64", "train.batch_size=4",
+                             "data.num_proc=1", *(f"model.{k}={v}" for k, v in SMALL_MODEL.items())],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("CollapseWarning: step 2: eval RTD AUC") == 1, result.stderr[-3000:]
+    assert "pretraining finished at step 4 of 4" in result.stdout
+    assert "collapse guard: fired at step 2" in result.stdout
 
 
 def final_weights(output_dir):
@@ -109,3 +182,6 @@ def test_two_processes_follow_one_process(corpus, tmp_path):
     for tag in ("train/loss", "train/mlm_loss", "train/rtd_loss"):
         for step in range(1, 7):
             assert two[tag][step] == pytest.approx(one[tag][step], rel=1e-4, abs=1e-5), (tag, step)
+    # pooled over processes: the gathered scores and summed target counts of 2 processes are 1 process's
+    for tag in ("eval/rtd_auc", "eval/rtd_loss_vs_prior", "eval/mlm_accuracy_unigram", "eval/mlm_loss_unigram"):
+        assert two[tag][6] == pytest.approx(one[tag][6], rel=1e-4), tag

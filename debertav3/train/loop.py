@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -16,7 +18,8 @@ from tqdm.auto import tqdm
 from ..build import build_model
 from ..data import Masker, Tokenizer, build_datasets
 from ..hf import CheckpointError
-from ..rtd import RTDModel, average_pairwise_cosine
+from ..metrics import prior_relative_loss, roc_auc, target_counts, unigram_baselines
+from ..rtd import IGNORE_INDEX, RTDModel, average_pairwise_cosine
 from ..train_config import Config
 from .allocator import keep_freed_memory
 from .batches import BlockSource, make_micro_batch, micro_batch_seed
@@ -24,6 +27,7 @@ from .checkpoint import (CONFIG_FILE, read_state, remove_stale_temporaries, reso
                          save_checkpoint)
 from .cli import to_yaml
 from .optim import build_optimizer, linear_schedule
+from .report import CollapseGuard, CollapseWarning, format_eval_line, format_summary, progress_postfix
 from .signals import StopRequests
 
 
@@ -95,6 +99,8 @@ class Trainer:
         # Not prepared: accelerate would step a prepared scheduler once per process.
         self.accelerator.register_for_checkpointing(self.scheduler)
         self.step, self.tokens_seen, self.skipped_steps = 0, 0, 0
+        self.last_checkpoint: Path | None = None
+        self.collapse_guard = CollapseGuard(cfg.train.collapse_check_step, cfg.train.collapse_auc)
 
     @property
     def raw_model(self) -> RTDModel:
@@ -118,6 +124,7 @@ class Trainer:
         state = read_state(checkpoint)
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
         self.skipped_steps = state.get("skipped_steps", 0)
+        self.last_checkpoint = checkpoint
         self.accelerator.print(f"resumed from {checkpoint} at step {self.step}")
 
     def train_step(self) -> dict[str, torch.Tensor]:
@@ -167,11 +174,16 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Metrics on the held-out blocks, with the same masks every time (seeded by the batch number)."""
-        model, cfg = self.raw_model, self.cfg.train
+        """Metrics on the held-out blocks, with the same masks every time (seeded by the batch number).
+
+        Per-batch metrics are averaged over batches; `rtd_auc` and `rtd_loss_vs_prior` come instead from the
+        discriminator's scores pooled over all batches and processes, and `mlm_accuracy_unigram` /
+        `mlm_loss_unigram` are the best constant predictor's scores on the pooled masked targets."""
+        model, cfg, acc = self.raw_model, self.cfg.train, self.accelerator
         model.eval()
-        global_batch = cfg.batch_size * self.accelerator.num_processes
-        totals, count = {}, 0
+        global_batch = cfg.batch_size * acc.num_processes
+        totals, count, scores, targets = {}, 0, [], []
+        counts = torch.zeros(self.cfg.model.vocab_size, dtype=torch.long, device=acc.device)
         for i, start in enumerate(range(0, len(self.valid_set) - global_batch + 1, global_batch)):
             if i == cfg.eval_batches:
                 break
@@ -180,15 +192,41 @@ class Trainer:
             out = model(**batch.inputs, denominators=batch.denominators)
             for name, value in out.metric_tensors().items():
                 totals[name] = totals.get(name, 0.0) + value
+            labels = batch.inputs["labels"]
+            counts += target_counts(labels[labels != IGNORE_INDEX], counts.numel())
+            if out.rtd_logits is not None:
+                scores.append(out.rtd_logits)
+                targets.append(out.rtd_targets)
             count += 1
-        return {f"eval/{k}": v / count for k, v in self.reduce(totals).items()}
+        if not count:
+            return {}
+        result = {f"eval/{k}": v / count for k, v in self.reduce(totals).items()}
+        if acc.num_processes > 1:
+            counts = acc.reduce(counts, "sum")
+        pooled = dict(zip(("mlm_accuracy_unigram", "mlm_loss_unigram"), unigram_baselines(counts)))
+        if scores:
+            scores, targets = self.gather_rows(torch.cat(scores)), self.gather_rows(torch.cat(targets))
+            # Processes hold different numbers of tokens: gather_rows pads with target -1, dropped here.
+            real = targets >= 0
+            scores, targets = scores[real], targets[real]
+            pooled.update(rtd_auc=roc_auc(scores, targets), rtd_loss_vs_prior=prior_relative_loss(scores, targets))
+        result.update({f"eval/{k}": v for k, v in zip(pooled, torch.stack(list(pooled.values())).tolist())})
+        return result
+
+    def gather_rows(self, values: torch.Tensor) -> torch.Tensor:
+        """A 1-D tensor of every process concatenated (each padded with -1 to the longest): this process's alone
+        when there is only one."""
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return values
+        return acc.gather(acc.pad_across_processes(values, dim=0, pad_index=-1))
 
     def save(self) -> None:
         state = {"step": self.step, "tokens_seen": self.tokens_seen, "skipped_steps": self.skipped_steps,
                  "data_position": self.step * self.cfg.train.gradient_accumulation_steps}
         try:
-            save_checkpoint(self.accelerator, self.out, self.step, state, to_yaml(self.cfg), self.tokenizer,
-                            self.cfg.train.keep_last)
+            self.last_checkpoint = save_checkpoint(self.accelerator, self.out, self.step, state, to_yaml(self.cfg),
+                                                   self.tokenizer, self.cfg.train.keep_last)
         except OSError as exc:  # disk full, quota, permissions: the earlier checkpoints are untouched
             remove_stale_temporaries(self.out)
             raise UserError(f"could not write checkpoint step {self.step} in {self.out / 'checkpoints'} "
@@ -212,8 +250,28 @@ class Trainer:
         self.accelerator.log({f"train/{k}": v for k, v in logged.items()}, step=self.step)
         return logged
 
+    def after_evaluation(self, evaluation: dict[str, float]) -> None:
+        """Show the evaluation as one line, and warn once per run if the discriminator has not left the prior."""
+        if not self.accelerator.is_main_process:  # every process holds the same pooled figures
+            return
+        tqdm.write(format_eval_line(self.step, evaluation))
+        if "eval/rtd_auc" in evaluation:
+            message = self.collapse_guard.check(self.step, evaluation["eval/rtd_auc"])
+            if message:
+                with tqdm.external_write_mode(file=sys.stderr):  # lift the progress bar off the warning's lines
+                    warnings.warn(message, CollapseWarning)
+
+    def summary(self, started: float, evaluated: tuple[int, dict] | None, stopped_by: str | None) -> str:
+        step, evaluation = evaluated or (None, {})
+        return format_summary(step=self.step, max_steps=self.cfg.train.max_steps, tokens_seen=self.tokens_seen,
+                              wall_seconds=time.perf_counter() - started, objective=self.cfg.objective,
+                              output_dir=self.out, checkpoint=self.last_checkpoint, evaluation=evaluation,
+                              eval_step=step, collapse=self.collapse_guard.fired, stopped_by=stopped_by)
+
     def run(self, stop_after_steps: int | None = None) -> dict[str, float]:
+        """Train to `train.max_steps` (or `stop_after_steps` more, or a stop signal), then print the summary."""
         cfg, acc = self.cfg.train, self.accelerator
+        started, evaluated, stopped_by = time.perf_counter(), None, None
         self.resume()
         acc.print(to_yaml(self.cfg))
         acc.init_trackers("tensorboard", config={"objective": self.cfg.objective,
@@ -229,22 +287,29 @@ class Trainer:
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                     logged = self.log_step(metrics, window)
-                    bar.set_postfix(loss=f"{logged['loss']:.3f}", tok_s=f"{logged['tokens_per_second']:.0f}")
+                    eval_auc = evaluated[1].get("eval/rtd_auc") if evaluated else None
+                    bar.set_postfix(progress_postfix(logged, eval_auc))
                 if self.step % cfg.embedding_stats_every == 0 and acc.is_main_process:
                     acc.log(embedding_statistics(self.raw_model, self.tokenizer.vocab_size), step=self.step)
                 if self.step % cfg.eval_every == 0 or self.step == cfg.max_steps:
                     evaluation = self.evaluate()
                     acc.log(evaluation, step=self.step)
                     logged.update(evaluation)
+                    evaluated = (self.step, evaluation)
+                    self.after_evaluation(evaluation)
                 stopping = self.stop_requested(stops)
                 if self.step % cfg.save_every == 0 or self.step == stop_at or stopping:
                     self.save()
                 if stopping:
-                    acc.print(f"received {stops.received or 'a stop request'}: saved step {self.step} in "
+                    stopped_by = stops.received or "a stop request"  # another process may have received it
+                    acc.print(f"received {stopped_by}: saved step {self.step} in "
                               f"{self.out / 'checkpoints'}; continue with train.resume=auto")
                     break
         bar.close()
         acc.end_training()
+        if stopped_by is None and self.step < cfg.max_steps:
+            stopped_by = f"stop_after_steps={stop_after_steps}"
+        acc.print(self.summary(started, evaluated, stopped_by))
         return logged
 
 

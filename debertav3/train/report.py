@@ -1,0 +1,112 @@
+"""What a run tells its user as text: the progress bar's fields, one line per evaluation, the collapse warning and
+the end-of-run summary. Pure formatting of the metrics the loop computes (debertav3.metrics), so tests check it.
+
+Every figure is shown next to what a model that learned nothing scores: AUC against 0.5, RTD loss against the
+prior's (ratio 1.0), MLM accuracy against always predicting the most frequent target (the unigram baseline).
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+from pathlib import Path
+from typing import Mapping, Optional
+
+DYNAMICS_DOC = "docs/training-dynamics.md"
+# PROVISIONAL, for the project lead to finalise: the knobs the collapse warning suggests, in the order to try them.
+COLLAPSE_REMEDIES = (
+    "a lower optim.lr (e.g. half the current one)",
+    "a longer optim.warmup_steps",
+    "rtd.embedding_sharing=nes (the discriminator's own embedding table)",
+)
+
+
+class CollapseWarning(UserWarning):
+    """The discriminator's eval AUC stayed below `train.collapse_auc` after `train.collapse_check_step` steps."""
+
+
+def _number(value: Optional[float], digits: int = 3) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def eval_figures(evaluation: Mapping[str, float]) -> str:
+    """'RTD AUC 0.912, RTD loss / prior 0.64, MLM accuracy 0.213 (unigram 0.061)'; the RTD part only for rtd."""
+    parts = []
+    if "eval/rtd_auc" in evaluation:
+        parts += [f"RTD AUC {_number(evaluation['eval/rtd_auc'])}",
+                  f"RTD loss / prior {_number(evaluation['eval/rtd_loss_vs_prior'], 2)}"]
+    parts.append(f"MLM accuracy {_number(evaluation.get('eval/mlm_accuracy'))} "
+                 f"(unigram {_number(evaluation.get('eval/mlm_accuracy_unigram'))})")
+    return ", ".join(parts)
+
+
+def format_eval_line(step: int, evaluation: Mapping[str, float]) -> str:
+    """The line printed after every evaluation, so progress shows without TensorBoard."""
+    return f"eval step {step}: {eval_figures(evaluation)}"
+
+
+def progress_postfix(logged: Mapping[str, float], eval_auc: Optional[float]) -> dict[str, str]:
+    """The progress bar's fields: loss, train AUC, RTD loss / prior, MLM accuracy, tokens/s, latest eval AUC."""
+    fields = {"loss": f"{logged['loss']:.3f}"}
+    if "rtd_auc" in logged:
+        fields.update(auc=_number(logged["rtd_auc"], 2), rtd_prior=_number(logged["rtd_loss_vs_prior"], 2))
+    fields.update(mlm_acc=f"{logged['mlm_accuracy']:.2f}", tok_s=f"{logged['tokens_per_second']:.0f}")
+    if eval_auc is not None:
+        fields["eval_auc"] = _number(eval_auc, 2)
+    return fields
+
+
+class CollapseGuard:
+    """Checks each evaluation's RTD AUC from step `check_step` on (0: never) and returns a warning the first time
+    it is below `threshold`; `fired` keeps (step, AUC) of that time for the summary. A NaN AUC (no replaced token
+    in the evaluation) never fires."""
+
+    def __init__(self, check_step: int, threshold: float):
+        self.check_step, self.threshold = check_step, threshold
+        self.fired: Optional[tuple[int, float]] = None
+
+    def check(self, step: int, auc: float) -> Optional[str]:
+        if self.fired or not self.check_step or step < self.check_step or not auc < self.threshold:
+            return None
+        self.fired = (step, auc)
+        remedies = "; ".join(COLLAPSE_REMEDIES)
+        return (f"step {step}: eval RTD AUC {auc:.3f} < train.collapse_auc={self.threshold}: the discriminator "
+                "has not learned to detect replacements; it does no better than predicting the prior (the "
+                "replaced fraction) for every token, and its accuracy only mirrors that fraction. Try, one at a "
+                f"time: {remedies}; see {DYNAMICS_DOC}. (train.collapse_check_step=0 turns this check off.)")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def format_summary(*, step: int, max_steps: int, tokens_seen: int, wall_seconds: float, objective: str,
+                   output_dir: Path, checkpoint: Optional[Path], evaluation: Mapping[str, float],
+                   eval_step: Optional[int], collapse: Optional[tuple[int, float]] = None,
+                   stopped_by: Optional[str] = None) -> str:
+    """The summary the main process prints when `Trainer.run` ends: how far it got, the last evaluation against
+    its baselines, whether the collapse guard fired, the last checkpoint and the command that exports it."""
+    how = f"stopped ({stopped_by})" if stopped_by else "finished"
+    lines = [f"pretraining {how} at step {step} of {max_steps}: {tokens_seen:,} tokens seen, "
+             f"wall time {_duration(wall_seconds)} (this run)"]
+    if eval_step is None:
+        lines.append("  last eval: none yet (see train.eval_every)")
+    else:
+        lines.append(f"  last eval (step {eval_step}): {eval_figures(evaluation)}")
+    if collapse:
+        lines.append(f"  collapse guard: fired at step {collapse[0]} (eval RTD AUC {collapse[1]:.3f}); see the "
+                     "warning above")
+    lines.append(f"  last checkpoint: {checkpoint if checkpoint else 'none'}")
+    if stopped_by:
+        lines.append("  continue: run the same command again (train.resume=auto)")
+    if checkpoint:
+        part = " --part generator" if objective == "mlm" else ""  # an mlm run has no discriminator to export
+        lines.append(f"  next: python tools/export.py {shlex.quote(str(output_dir))} "
+                     f"{shlex.quote(f'{output_dir}-hf')}{part}")
+    return "\n".join(lines)
