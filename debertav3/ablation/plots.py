@@ -1,5 +1,6 @@
 """The ablation's PNG plots (matplotlib, Agg backend: no display needed), one line or bar group per mode.
 
+(and, for a recipe sweep, sweep_curves: its eval curves one line per variant)
 curves.png       training MLM loss, RTD loss and RTD accuracy against step (mean over seeds, band: ± 1 std)
 embeddings.png   average pairwise cosine similarity of E_G, E_D and E_Delta over training (paper's tug of war)
 downstream.png   each task's dev metric per mode: mean ± std over seeds, one dot per seed, majority-class level
@@ -21,18 +22,19 @@ COLORS = {"es": "tab:red", "nes": "tab:blue", "gdes": "tab:green", "mlm": "tab:p
 SMOOTH = 5  # training scalars are single batches: a trailing mean over 5 logged points
 
 
-def modes_of(records: list[dict]) -> list[str]:
-    return list(dict.fromkeys(r["mode"] for r in records))
+def modes_of(records: list[dict], key: str = "mode") -> list[str]:
+    return list(dict.fromkeys(r[key] for r in records))
 
 
-def draw_bands(ax, records: list[dict], tag: str, smooth: int) -> None:
-    for mode in modes_of(records):
-        steps, mean, std = band([r["curves"].get(tag, {}) for r in records if r["mode"] == mode], smooth)
+def draw_bands(ax, records: list[dict], tag: str, smooth: int, key: str = "mode") -> None:
+    """One line per value of `key` (the ablation's mode, a sweep's variant): the mean over seeds, band ±1 std."""
+    for group in modes_of(records, key):
+        steps, mean, std = band([r["curves"].get(tag, {}) for r in records if r[key] == group], smooth)
         if not steps:
             continue
-        ax.plot(steps, mean, label=mode, color=COLORS.get(mode))
+        ax.plot(steps, mean, label=group, color=COLORS.get(group))
         ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                        color=COLORS.get(mode), alpha=0.2)
+                        color=COLORS.get(group), alpha=0.2)
     ax.set_xlabel("step")
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
@@ -40,10 +42,11 @@ def draw_bands(ax, records: list[dict], tag: str, smooth: int) -> None:
         ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
 
 
-def panels(records: list[dict], tags: dict[str, str], smooth: int, title: str, path: Path) -> Path:
+def panels(records: list[dict], tags: dict[str, str], smooth: int, title: str, path: Path,
+           key: str = "mode") -> Path:
     fig, axes = plt.subplots(1, len(tags), figsize=(5 * len(tags), 4), squeeze=False)
     for ax, (tag, label) in zip(axes[0], tags.items()):
-        draw_bands(ax, records, tag, smooth)
+        draw_bands(ax, records, tag, smooth, key)
         ax.set_title(label)
     fig.suptitle(title)
     fig.tight_layout()
@@ -62,6 +65,11 @@ def plot_embeddings(records: list[dict], out: Path) -> Path:
     tags = {f"embeddings/cosine_{t}": f"avg pairwise cosine of {t}" for t in ("E_G", "E_D", "E_Delta")}
     return panels(records, tags, 1, "word-embedding coherence over training (band ±1 std over seeds)",
                   out / "embeddings.png")
+
+
+def sweep_curves(records: list[dict], tags: dict[str, str], path: Path, title: str) -> Path:
+    """A sweep's eval curves, one line per variant (debertav3.ablation.sweep)."""
+    return panels(records, tags, 1, f"{title} (mean over seeds, band ±1 std)", path, key="variant")
 
 
 def plot_downstream(records: list[dict], tasks: list[str], out: Path) -> Path:
