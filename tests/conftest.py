@@ -10,9 +10,10 @@ ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_CORPUS = ROOT / "debertav3" / "resources" / "corpus" / "gutenberg_slice.txt.gz"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
-# A model small enough for many CPU runs per test file, sized for the bundled 8001-id tokenizer.
+# A model small enough for many CPU runs per test file, sized for the bundled 8001-id tokenizer. Dropout is set
+# explicitly (rtd_tiny has none): resume and multi-process tests must also reproduce the dropout masks.
 SMALL_MODEL = {"vocab_size": 8064, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-               "intermediate_size": 128}
+               "intermediate_size": 128, "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}
 
 
 def write_corpus(folder: Path, train_chars: int, valid_chars: int = 0) -> Path:

@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Optional, Sequence, TypeVar
 
 from .runner import MODES, AblationError, AblationSpec, FinetuneOptions, Interrupted, check_budget, execute, plan, \
     validate
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 3
+T = TypeVar("T")
 
 
 def comma_list(text: str) -> list[str]:
@@ -60,27 +61,36 @@ def build_spec(args: argparse.Namespace) -> AblationSpec:
     return spec
 
 
+def guarded(action: Callable[[], T], output: str) -> tuple[int, Optional[T]]:
+    """(0, action()) or, when it stops early or meets a user mistake, (exit status, None) after one line on stderr."""
+    try:
+        return 0, action()
+    except Interrupted as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED, None
+    except (AblationError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE, None
+    except OSError as exc:  # e.g. an --output that cannot be created
+        print(f"error: cannot write {exc.filename or output} ({exc.strerror or exc}); choose another --output",
+              file=sys.stderr)
+        return EXIT_USAGE, None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from .report import write_report
 
-    try:
+    def ablate() -> list[Path]:
         spec = build_spec(args)
         if not args.report_only:
             check_budget(spec)
             for run in plan(spec):
                 execute(spec, run)
                 write_report(spec)  # after every run: a stopped ablation still has an up-to-date report
-        paths = write_report(spec)
-    except Interrupted as exc:
-        print(f"stopped: {exc}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except (AblationError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except OSError as exc:  # e.g. an --output that cannot be created
-        print(f"error: cannot write {exc.filename or args.output} ({exc.strerror or exc}); choose another --output",
-              file=sys.stderr)
-        return EXIT_USAGE
-    print("wrote " + ", ".join(str(p) for p in paths))
-    return 0
+        return write_report(spec)
+
+    status, paths = guarded(ablate, args.output)
+    if status == 0:
+        print("wrote " + ", ".join(str(p) for p in paths))
+    return status

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Sequence
 
-from .cli import EXIT_INTERRUPTED, EXIT_USAGE
-from .runner import AblationError, Interrupted
+from .cli import guarded
+from .runner import AblationError
 from .sweep import SweepSpec, parse_variant, run_sweep
 
 
@@ -29,23 +28,17 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
+
+    def sweep() -> list[dict]:
         if args.seeds <= 0:
             raise AblationError(f"--seeds must be positive, got {args.seeds}")
         variants = dict(parse_variant(v) for v in args.variant)
         if len(variants) != len(args.variant):
             raise AblationError("two --variant share a name; give each its own")
-        spec = SweepSpec(args.recipe, variants, list(range(args.seeds)), str(Path(args.output).absolute()),
-                         list(args.overrides))
-        records = run_sweep(spec)
-    except Interrupted as exc:
-        print(f"stopped: {exc}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except (AblationError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except OSError as exc:  # e.g. an --output that cannot be created
-        print(f"error: {exc.strerror or exc}: {exc.filename or args.output}", file=sys.stderr)
-        return EXIT_USAGE
-    print(f"{len(records)} runs in {Path(args.output) / 'results.json'} and curves.png")
-    return 0
+        return run_sweep(SweepSpec(args.recipe, variants, list(range(args.seeds)), str(Path(args.output).absolute()),
+                                   list(args.overrides)))
+
+    status, records = guarded(sweep, args.output)
+    if status == 0:
+        print(f"{len(records)} runs in {Path(args.output) / 'results.json'} and curves.png")
+    return status

@@ -13,11 +13,14 @@ from pathlib import Path
 from typing import Mapping, Optional
 
 DYNAMICS_DOC = "docs/training-dynamics.md"
-# PROVISIONAL, for the project lead to finalise: the knobs the collapse warning suggests, in the order to try them.
+# What the collapse warning suggests, in the order to try them (measured in docs/training-dynamics.md).
 COLLAPSE_REMEDIES = (
-    "a lower optim.lr (e.g. half the current one)",
-    "a longer optim.warmup_steps",
-    "rtd.embedding_sharing=nes (the discriminator's own embedding table)",
+    "a lower optim.lr or a longer optim.warmup_steps (an AUC of 0.50 with RTD loss / prior 1.00 is a constant "
+    "output, what too high a learning rate left)",
+    "for a model narrower than 768, model.initializer_range=0.02*sqrt(768/hidden_size) (the paper's 0.02 leaves "
+    "a narrow network near its start for hundreds of steps)",
+    "more steps, if the generator's MLM accuracy is well above its unigram baseline (a good generator makes "
+    "replacements hard to spot)",
 )
 
 
