@@ -1,6 +1,6 @@
-"""The ablation's PNG plots (matplotlib, Agg backend: no display needed), one line or bar group per mode.
+"""The ablation's PNG plots (matplotlib, Agg backend: no display needed), one line or bar group per mode, and a
+recipe sweep's eval curves, one line per variant (`sweep_curves`).
 
-(and, for a recipe sweep, sweep_curves: its eval curves one line per variant)
 curves.png       training MLM loss, RTD loss and RTD accuracy against step (mean over seeds, band: ± 1 std)
 embeddings.png   average pairwise cosine similarity of E_G, E_D and E_Delta over training (paper's tug of war)
 downstream.png   each task's dev metric per mode: mean ± std over seeds, one dot per seed, majority-class level

@@ -148,15 +148,21 @@ def check_budget(spec: AblationSpec) -> None:
     atomic_write_text(path, json.dumps(spec.budget(), indent=2) + "\n")
 
 
-def pretrain(spec: AblationSpec, run: Run) -> None:
+def checkpointed_step(output_dir) -> int:
+    """The step of the latest complete checkpoint in a run's train.output_dir (0 when there is none)."""
     from ..train.checkpoint import complete_checkpoints, read_state
+
+    done = complete_checkpoints(output_dir)
+    return read_state(done[-1])["step"] if done else 0
+
+
+def pretrain(spec: AblationSpec, run: Run) -> None:
     from ..train.loop import train
 
     cfg = run_config(spec, run)
     train(cfg)
     # train() also returns after a SIGTERM/SIGINT (having saved a checkpoint): only a run at max_steps is done.
-    done = complete_checkpoints(cfg.train.output_dir)
-    step = read_state(done[-1])["step"] if done else 0
+    step = checkpointed_step(cfg.train.output_dir)
     if step < spec.max_steps:
         raise Interrupted(f"pretraining of {run.name} stopped at step {step} of {spec.max_steps}; "
                           "rerun the same command to continue")

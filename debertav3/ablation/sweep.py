@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..io_utils import atomic_write_text
 from .curves import read_scalars
-from .runner import AblationError, Interrupted, load_recipe
+from .runner import AblationError, Interrupted, checkpointed_step, load_recipe
 
 EVAL_TAGS = {"eval/rtd_auc": "eval RTD ROC-AUC", "eval/rtd_loss_vs_prior": "eval RTD loss / prior",
              "eval/mlm_accuracy": "eval MLM accuracy"}
@@ -74,17 +74,14 @@ def validate(spec: SweepSpec) -> None:
 
 def pretrain(spec: SweepSpec, name: str, seed: int) -> float:
     """Train one run to its max_steps (resuming if it was stopped); returns the wall time this call took."""
-    from ..train.checkpoint import complete_checkpoints, read_state
     from ..train.loop import train
 
     cfg = run_config(spec, name, seed)
-    done = complete_checkpoints(cfg.train.output_dir)
-    if done and read_state(done[-1])["step"] >= cfg.train.max_steps:
+    if checkpointed_step(cfg.train.output_dir) >= cfg.train.max_steps:
         return 0.0
     started = time.perf_counter()
     train(cfg)
-    done = complete_checkpoints(cfg.train.output_dir)
-    if not done or read_state(done[-1])["step"] < cfg.train.max_steps:
+    if checkpointed_step(cfg.train.output_dir) < cfg.train.max_steps:
         raise Interrupted(f"run {name}-seed{seed} stopped before train.max_steps; rerun the same command to continue")
     return time.perf_counter() - started
 
