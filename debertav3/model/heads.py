@@ -70,7 +70,9 @@ def enhanced_mask_decoder(backbone: DebertaV3Model, hidden_BLH: torch.Tensor, ke
     position_BM = torch.zeros(masked_BL.shape[0], num_slots, dtype=torch.long, device=masked_BL.device)
     position_BM[batch_N, slot_N] = position_N
     hidden_BMH = torch.gather(hidden_BLH, 1, position_BM.unsqueeze(-1).expand(-1, -1, hidden_BLH.shape[-1]))
-    query = backbone.embeddings.position_embeddings.weight[position_BM] + hidden_BMH
+    # F.embedding, not weight[position_BM]: indexing's backward accumulates the repeated positions with parallel
+    # atomic adds on CPU, in an order that changes from run to run; embedding's backward is deterministic.
+    query = nn.functional.embedding(position_BM, backbone.embeddings.position_embeddings.weight) + hidden_BMH
     query_idx = rel_idx[position_BM] if rel_idx is not None else None  # [B, M, L]
     last = backbone.encoder.layer[-1]
     keys_values = last.attention.self.keys_values(hidden_BLH)  # both passes attend to the same hidden states
