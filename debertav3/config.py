@@ -11,11 +11,39 @@ package stays importable on its own.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
 
 POSITION_TERMS = ("c2p", "p2c")
 ACTIVATIONS = ("gelu", "relu", "gelu_new", "silu", "tanh")
 NORM_REL_EBD = ("layer_norm", "none")
+_INTERVAL = re.compile(r"^([\[(])(\S+), (\S+)([\])])$")
+
+
+def check_number(key: str, value: float, allowed: str) -> None:
+    """Raise a one-line ValueError naming `key` unless `value` is a finite number that is `allowed`.
+
+    `allowed` is "> 0", ">= 0" or an interval as written in mathematics, "[0, 1)" or "(0, 1]". NaN and the
+    infinities always fail: every comparison with NaN is false, so without this check a NaN passes `x <= 0`.
+    """
+    if allowed in ("> 0", ">= 0"):
+        ok = value > 0 if allowed == "> 0" else value >= 0
+        wanted = f"a finite number {allowed}"
+    else:
+        opening, low, high, closing = _INTERVAL.match(allowed).groups()
+        ok = (float(low) < value if opening == "(" else float(low) <= value) and \
+             (value < float(high) if closing == ")" else value <= float(high))
+        wanted = f"in {allowed}"
+    if not (ok and math.isfinite(value)):
+        raise ValueError(f"{key} must be {wanted}, got {value}")
+
+
+def check_positive(section: str, obj, names: tuple[str, ...]) -> None:
+    """Raise a one-line ValueError for the first of the integer fields `names` of `obj` that is not >= 1."""
+    for name in names:
+        if getattr(obj, name) <= 0:
+            raise ValueError(f"{section}.{name} must be positive, got {getattr(obj, name)}")
 
 
 @dataclass
@@ -50,10 +78,8 @@ class ModelConfig:
         self.validate()
 
     def validate(self) -> None:
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                     "intermediate_size", "max_position_embeddings"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
+        check_positive("model", self, ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                                       "intermediate_size", "max_position_embeddings"))
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"model.hidden_size ({self.hidden_size}) must be divisible by "
                              f"model.num_attention_heads ({self.num_attention_heads})")
@@ -65,14 +91,13 @@ class ModelConfig:
         if self.norm_rel_ebd not in NORM_REL_EBD:
             raise ValueError(f"model.norm_rel_ebd {self.norm_rel_ebd!r} is not supported; use one of {list(NORM_REL_EBD)}")
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
+            check_number(f"model.{name}", getattr(self, name), "[0, 1)")
         if self.type_vocab_size < 0:
             raise ValueError(f"model.type_vocab_size must be >= 0, got {self.type_vocab_size}")
         if not 0 <= self.pad_token_id < self.vocab_size:
             raise ValueError(f"model.pad_token_id {self.pad_token_id} is outside the vocabulary (size {self.vocab_size})")
-        if self.layer_norm_eps <= 0 or self.initializer_range <= 0:
-            raise ValueError("model.layer_norm_eps and model.initializer_range must be positive")
+        check_number("model.layer_norm_eps", self.layer_norm_eps, "> 0")
+        check_number("model.initializer_range", self.initializer_range, "> 0")
 
     @property
     def head_size(self) -> int:

@@ -23,10 +23,8 @@ Every problem is found before anything is written; the directory appears complet
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import Sequence
@@ -41,9 +39,11 @@ from .hf import (BACKBONE_PREFIX, RTD_HEAD_FILE, CheckpointError, config_to_hf, 
                  write_hf_directory)
 from .model import ReplacedTokenDetectionModel
 from .rtd import RTDModel
-from .train.checkpoint import CONFIG_FILE, STATE_FILE, complete_checkpoints, read_state
+from .train.checkpoint import CONFIG_FILE, STATE_FILE, complete_checkpoints, read_state, verify_checkpoint
+from .train.manifest import MANIFEST_FILE
 from .train.cli import ConfigError, load_config
 from .train_config import Config
+from .usage import ArgumentParser, check_writable, guarded
 
 PARTS = ("discriminator", "generator")
 MODEL_FILE = "model.safetensors"
@@ -53,21 +53,25 @@ WORD_EMBEDDINGS = "deberta.embeddings.word_embeddings.weight"
 TOKENIZER_DIR = "tokenizer"
 
 
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A complete `step-XXXXXXXX` directory: `path` itself, or the latest complete one of a training output_dir."""
-    path = Path(path)
+def resolve_checkpoint(source: str | os.PathLike) -> Path:
+    """A whole `step-XXXXXXXX` directory: `source` itself, or the latest whole one of a training output_dir."""
+    path = Path(source)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint {path} not found; pass a checkpoints/step-XXXXXXXX directory or the "
                               "training output_dir")
     if not (path / STATE_FILE).is_file() and (path / "checkpoints").is_dir():
-        done = complete_checkpoints(path)
-        if not done:
-            raise CheckpointError(f"{path}/checkpoints holds no complete checkpoint (none has {STATE_FILE}); "
-                                  "train until the first save, or pass a checkpoint directory")
-        path = done[-1]
+        # The newest checkpoint that still matches its manifest: a damaged one is passed over, as resume does.
+        path = next((c for c in reversed(complete_checkpoints(path)) if verify_checkpoint(c) is None), None)
+        if path is None:
+            raise CheckpointError(f"{Path(source)}/checkpoints holds no whole checkpoint (none has a manifest its "
+                                  "files match); train until the first save, or pass a checkpoint directory")
     if not (path / STATE_FILE).is_file():
         raise CheckpointError(f"{path} is not a complete checkpoint (no {STATE_FILE}: saving was interrupted or it "
                               "is not a checkpoint); pass an earlier complete step-XXXXXXXX directory")
+    # A checkpoint saved before manifests existed has none and is taken as it is.
+    problem = verify_checkpoint(path) if (path / MANIFEST_FILE).is_file() else None
+    if problem:
+        raise CheckpointError(f"{path} is damaged ({problem}); pass an earlier step-XXXXXXXX directory")
     for name in (MODEL_FILE, CONFIG_FILE):
         if not (path / name).is_file():
             raise CheckpointError(f"{path} has no {name}; pass a checkpoint written by debertav3's trainer")
@@ -134,6 +138,7 @@ def provenance(checkpoint: Path, cfg: Config, part: str) -> dict:
 
 def check_output(out: Path, overwrite: bool) -> None:
     if not out.exists():
+        check_writable(out, "output directory")
         return
     if not overwrite:
         raise CheckpointError(f"{out} already exists; choose a new output directory or pass --overwrite")
@@ -193,8 +198,8 @@ def describe(out: Path, part: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Export a debertav3 checkpoint as a Hugging Face DebertaV2 "
-                                                 "directory (see docs/finetune.md).")
+    parser = ArgumentParser(description="Export a debertav3 checkpoint as a Hugging Face DebertaV2 directory "
+                                        "(see docs/finetune.md).")
     parser.add_argument("checkpoint", help="a checkpoints/step-XXXXXXXX directory, or a training output_dir "
                                            "(its latest complete checkpoint is used)")
     parser.add_argument("out", help="the directory to write")
@@ -203,10 +208,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "generator (DebertaV2ForMaskedLM, fill-mask)")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it is an existing model directory")
     args = parser.parse_args(argv)
-    try:
-        out = export(args.checkpoint, args.out, args.part, args.overwrite)
-    except CheckpointError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    status, out = guarded(lambda: export(args.checkpoint, args.out, args.part, args.overwrite),
+                          "nothing was written (an export appears whole or not at all); rerun the same command",
+                          hint="free space or choose another output directory")
+    if status:
+        return status
     print(describe(out, args.part))
     return 0

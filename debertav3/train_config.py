@@ -1,20 +1,27 @@
 """The training schema: one typed tree merged by OmegaConf from defaults, a recipe, a YAML file and `key=value`.
 
 Unknown keys and values of the wrong type fail at load with the key named (OmegaConf structured configs);
-values that are well-typed but wrong (a negative size, an unknown mode) fail in `__post_init__` the same way.
+values that are well-typed but wrong fail in `__post_init__` the same way: every number is checked against its
+physical range (finite; a learning rate > 0, a probability in [0, 1), ...), modes against their names, and keys
+that depend on each other against each other.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .config import ModelConfig
+from .config import ModelConfig, check_number, check_positive
 from .rtd import SHARING_MODES
 
 OBJECTIVES = ("rtd", "mlm")
 MASK_MODES = ("auto", "all_mask", "bert")
 DOCUMENT_MODES = ("blank_line", "line")
+
+
+class ScheduleWarning(UserWarning):
+    """`optim.warmup_steps` is longer than the run: the warm-up is cut to `train.max_steps` (train/optim.py)."""
 
 
 @dataclass
@@ -24,6 +31,12 @@ class PretrainModelConfig(ModelConfig):
     generator_layers: Optional[int] = None  # default: half the discriminator's depth (DeBERTaV3 paper)
     init_discriminator: Optional[str] = None  # Hugging Face DebertaV2 directory to continue from
     init_generator: Optional[str] = None
+
+    def validate(self) -> None:
+        super().validate()
+        if self.generator_layers is not None and self.generator_layers <= 0:
+            raise ValueError(f"model.generator_layers must be positive (or null: half the discriminator's depth), "
+                             f"got {self.generator_layers}")
 
     def backbone(self) -> ModelConfig:
         """The plain `ModelConfig` (without the pretraining-only fields)."""
@@ -57,16 +70,23 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.max_seq_length < 8:
             raise ValueError(f"data.max_seq_length must be >= 8, got {self.max_seq_length}")
-        if not 0.0 < self.mask_prob < 1.0:
-            raise ValueError(f"data.mask_prob must be in (0, 1), got {self.mask_prob}")
+        check_number("data.mask_prob", self.mask_prob, "(0, 1)")
+        # The masker selects mask_prob * n of a block's n <= max_seq_length - 2 candidates, rounded stochastically
+        # (data/masking.py): below one token, blocks often have nothing to predict, and steps whose batch has no
+        # target are skipped.
+        payload = self.max_seq_length - 2
+        if self.mask_prob * payload < 1:
+            raise ValueError(f"data.mask_prob {self.mask_prob} selects {self.mask_prob * payload:.2g} of the "
+                             f"{payload} tokens of a block (data.max_seq_length {self.max_seq_length}), fewer than "
+                             f"one; raise data.mask_prob to >= {1 / payload:.3g} or data.max_seq_length")
         if self.mask_mode not in MASK_MODES:
             raise ValueError(f"data.mask_mode {self.mask_mode!r} is unknown; use one of {list(MASK_MODES)}")
         if self.documents not in DOCUMENT_MODES:
             raise ValueError(f"data.documents {self.documents!r} is unknown; use one of {list(DOCUMENT_MODES)}")
-        if not 0.0 <= self.valid_fraction < 1.0:
-            raise ValueError(f"data.valid_fraction must be in [0, 1), got {self.valid_fraction}")
-        if self.num_proc < 1 or self.num_workers < 0:
-            raise ValueError("data.num_proc must be >= 1 and data.num_workers >= 0")
+        check_number("data.valid_fraction", self.valid_fraction, "[0, 1)")
+        check_positive("data", self, ("num_proc", "max_valid_blocks"))
+        if self.num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
 
 
 @dataclass
@@ -81,8 +101,8 @@ class RTDConfig:
         if self.embedding_sharing not in SHARING_MODES:
             raise ValueError(f"rtd.embedding_sharing {self.embedding_sharing!r} is unknown; "
                              f"use one of {list(SHARING_MODES)}")
-        if self.rtd_weight < 0 or self.temperature <= 0:
-            raise ValueError("rtd.rtd_weight must be >= 0 and rtd.temperature > 0")
+        check_number("rtd.rtd_weight", self.rtd_weight, ">= 0")
+        check_number("rtd.temperature", self.temperature, "> 0")
 
 
 @dataclass
@@ -98,10 +118,11 @@ class OptimConfig:
     max_grad_norm: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.lr <= 0 or self.eps <= 0 or self.weight_decay < 0 or self.warmup_steps < 0:
-            raise ValueError("optim.lr and optim.eps must be > 0, optim.weight_decay and optim.warmup_steps >= 0")
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise ValueError("optim.beta1 and optim.beta2 must be in [0, 1)")
+        for name, allowed in (("lr", "> 0"), ("beta1", "[0, 1)"), ("beta2", "[0, 1)"), ("eps", "> 0"),
+                              ("weight_decay", ">= 0"), ("max_grad_norm", "> 0")):
+            check_number(f"optim.{name}", getattr(self, name), allowed)
+        if self.warmup_steps < 0:
+            raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
 
 
 @dataclass
@@ -129,10 +150,11 @@ class TrainSection:
     collapse_auc: float = 0.6
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "log_every", "eval_every",
-                     "eval_batches", "embedding_stats_every", "save_every", "keep_last"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"train.{name} must be positive, got {getattr(self, name)}")
+        check_positive("train", self, ("max_steps", "batch_size", "gradient_accumulation_steps", "log_every",
+                                       "eval_every", "eval_batches", "embedding_stats_every", "save_every",
+                                       "keep_last"))
+        if not 0 <= self.seed < 2 ** 32:  # numpy's and accelerate's set_seed range
+            raise ValueError(f"train.seed must be in [0, 2^32), got {self.seed}")
         if self.nonfinite not in ("skip", "stop"):
             raise ValueError(f"train.nonfinite {self.nonfinite!r} is unknown; use skip or stop")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
@@ -140,8 +162,7 @@ class TrainSection:
         if self.collapse_check_step < 0:
             raise ValueError(f"train.collapse_check_step must be >= 0 (0 disables the check), got "
                              f"{self.collapse_check_step}")
-        if not 0.5 < self.collapse_auc < 1.0:
-            raise ValueError(f"train.collapse_auc must be in (0.5, 1), got {self.collapse_auc}")
+        check_number("train.collapse_auc", self.collapse_auc, "(0.5, 1)")
 
 
 @dataclass
@@ -161,6 +182,13 @@ class Config:
         if self.data.max_seq_length > self.model.max_position_embeddings:
             raise ValueError(f"data.max_seq_length ({self.data.max_seq_length}) exceeds "
                              f"model.max_position_embeddings ({self.model.max_position_embeddings})")
+        if self.optim.warmup_steps > self.train.max_steps:
+            # A warning, not an error: the schema's defaults (10000 > 1000) and every short test or smoke run
+            # rely on the cut.
+            warnings.warn(f"optim.warmup_steps ({self.optim.warmup_steps}) is longer than train.max_steps "
+                          f"({self.train.max_steps}): the warm-up is cut to {self.train.max_steps} steps and the "
+                          "learning rate never decays; set optim.warmup_steps <= train.max_steps to choose the "
+                          "schedule", ScheduleWarning)
 
     @property
     def mask_mode(self) -> str:

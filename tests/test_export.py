@@ -17,6 +17,7 @@ from debertav3.train import load_config
 from debertav3.train.cli import to_yaml
 from debertav3.build import build_model
 from debertav3.train.loop import train
+from debertav3.train.manifest import write_manifest
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -61,6 +62,7 @@ def derived_checkpoint(source: Path, target: Path, seed: int = 0, **changes) -> 
             param.copy_(torch.randn(param.shape, generator=gen) * 0.1)
     (target / "config.yaml").write_text(to_yaml(cfg))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, target / "model.safetensors")
+    write_manifest(target)  # sealed anew: the copy's files are meant to differ from the source's
     return target, model.eval()
 
 
@@ -169,15 +171,20 @@ def broken(checkpoint: Path, tmp_path: Path, problem: str) -> Path:
     if problem == "vocabulary":  # a tokenizer with more ids than the embedding table has rows
         return derived_checkpoint(checkpoint, target, **{"model.vocab_size": 4000})[0]
     shutil.copytree(checkpoint, target)
-    victim = {"incomplete": "trainer_state.json", "no_weights": "model.safetensors", "no_tokenizer": "tokenizer"}
+    victim = {"incomplete": "trainer_state.json", "no_weights": "model.safetensors", "no_tokenizer": "tokenizer",
+              "damaged": "model.safetensors"}
     path = target / victim[problem]
-    shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if problem == "damaged":  # same size, other bytes: only the manifest's hash can tell
+        path.write_bytes(bytes(path.stat().st_size))
+    else:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
     return target
 
 
 @pytest.mark.parametrize("problem,message", [("missing", "not found"), ("incomplete", "not a complete checkpoint"),
-                                             ("no_weights", "no model.safetensors"), ("no_tokenizer", "tokenizer"),
-                                             ("vocabulary", "vocabulary mismatch")])
+                                             ("no_weights", "model.safetensors is missing"),
+                                             ("no_tokenizer", "tokenizer"), ("vocabulary", "vocabulary mismatch"),
+                                             ("damaged", "model.safetensors is corrupted")])
 def test_bad_checkpoint_is_one_line_and_writes_nothing(checkpoint, tmp_path, capsys, problem, message):
     source = tmp_path / "absent" if problem == "missing" else broken(checkpoint, tmp_path, problem)
     out = tmp_path / "out"
@@ -185,6 +192,17 @@ def test_bad_checkpoint_is_one_line_and_writes_nothing(checkpoint, tmp_path, cap
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
     assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_an_output_dir_exports_its_newest_whole_checkpoint(checkpoint, tmp_path):
+    """A damaged newest checkpoint is passed over for the one before it, as resume does."""
+    older, newer = (tmp_path / "run" / "checkpoints" / f"step-0000000{s}" for s in (1, 2))
+    shutil.copytree(checkpoint, older)
+    broken(checkpoint, tmp_path, "damaged").rename(newer)
+    export(tmp_path / "run", tmp_path / "from_run")
+    export(older, tmp_path / "from_older")
+    a, b = (load_file(tmp_path / d / "model.safetensors") for d in ("from_run", "from_older"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_existing_output_needs_overwrite(checkpoint, tmp_path, capsys):

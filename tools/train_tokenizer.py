@@ -4,19 +4,20 @@
 
 OUTPUT then holds spm.model and tokenizer_config.json: give it as `data.tokenizer=OUTPUT` for training (with
 `model.vocab_size` >= N + 1), or to `transformers.AutoTokenizer.from_pretrained`. See docs/data.md.
-Bad input prints one line on stderr and exits with status 2.
+Bad input (checked before the training starts) prints one line `error: ...` on stderr and exits with status 2;
+Ctrl-C prints one line `interrupted: ...` and exits with 130. OUTPUT appears complete or not at all.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from debertav3.data.tokenizer import MODEL_TYPES, train_tokenizer
+from debertav3.usage import ArgumentParser, guarded
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input", nargs="+", required=True,
                         help="text (.txt, .txt.gz: a sentence or paragraph per line), .jsonl or .parquet files; globs")
     parser.add_argument("--vocab-size", type=int, required=True,
@@ -34,12 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.model_type == "bpe":
         print("train_tokenizer: warning: transformers' DebertaV2Tokenizer reads spm.model as unigram, so its ids "
               "will differ from ours for a bpe model", file=sys.stderr)
-    try:
-        tokenizer = train_tokenizer(args.input, args.vocab_size, args.output, args.model_type, args.character_coverage,
-                                    args.input_sentence_size, args.seed, args.text_field)
-    except ValueError as error:
-        print(f"train_tokenizer: error: {error}", file=sys.stderr)
-        return 2
+    status, tokenizer = guarded(lambda: train_tokenizer(args.input, args.vocab_size, args.output, args.model_type,
+                                                        args.character_coverage, args.input_sentence_size, args.seed,
+                                                        args.text_field),
+                                "nothing was written; rerun the same command to start again",
+                                hint="free space or choose another --output")
+    if status:
+        return status
     print(f"{args.output}: {tokenizer.mask_id} pieces, [MASK]={tokenizer.mask_id}, "
           f"model.vocab_size >= {tokenizer.vocab_size}")
     return 0

@@ -1,7 +1,9 @@
 """Command line of tools/ablate.py: plan, run (resumably) and report an embedding-sharing ablation.
 
 A mistake (unknown mode or recipe, bad override, missing data directory or task file) prints one line
-`error: ...` on stderr and exits with status 2 before anything is trained or written.
+`error: ...` on stderr and exits with status 2 before anything is trained or written. A pretraining stopped by
+SIGTERM / SIGINT (it saved a checkpoint) prints `stopped: ...` and exits with 3; Ctrl-C anywhere else prints
+`interrupted: ...` and exits with 130 (debertav3/usage.py). Either way the same command continues.
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence, TypeVar
 
+from .. import usage
 from .runner import MODES, AblationError, AblationSpec, FinetuneOptions, Interrupted, check_budget, execute, plan, \
     validate
 
-EXIT_USAGE = 2
 EXIT_INTERRUPTED = 3
+# The fine-tuning options' names in FinetuneConfig's messages, and the flags that set them here.
+FINETUNE_FLAGS = {"--max-train-examples": "--finetune-examples", "--epochs": "--finetune-epochs",
+                  "--lr": "--finetune-lr", "--batch-size": "--finetune-batch-size"}
 T = TypeVar("T")
 
 
@@ -23,8 +28,8 @@ def comma_list(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def parser() -> usage.ArgumentParser:
+    p = usage.ArgumentParser(
         description="Compare embedding sharing (es, nes, gdes) with the MLM and no-pretraining baselines at equal "
                     "budget: pretrain, export and fine-tune every mode x seed, then write report.md, results.json "
                     "and plots (see docs/ablation.md). Rerunning the same command continues where it stopped.",
@@ -53,28 +58,30 @@ def build_spec(args: argparse.Namespace) -> AblationSpec:
                             "and cola/")
     if args.seeds <= 0:
         raise AblationError(f"--seeds must be positive, got {args.seeds}")
+    usage.check_writable(args.output, "--output")
     options = FinetuneOptions(args.finetune_examples, args.finetune_epochs, args.finetune_lr, args.finetune_batch_size)
     spec = AblationSpec(recipe=args.recipe, modes=args.modes, seeds=list(range(args.seeds)),
                         max_steps=args.max_steps, tasks=args.tasks, output=str(Path(args.output).absolute()),
                         data_dir=args.data_dir, overrides=list(args.overrides), finetune=options)
-    validate(spec)
+    try:
+        validate(spec)
+    except ValueError as exc:
+        flag, _, rest = str(exc).partition(" ")
+        if flag not in FINETUNE_FLAGS:
+            raise
+        raise AblationError(f"{FINETUNE_FLAGS[flag]} {rest}") from None
     return spec
 
 
-def guarded(action: Callable[[], T], output: str) -> tuple[int, Optional[T]]:
-    """(0, action()) or, when it stops early or meets a user mistake, (exit status, None) after one line on stderr."""
+def guarded(action: Callable[[], T], kept: str) -> tuple[int, Optional[T]]:
+    """`usage.guarded(action)` (user mistakes, Ctrl-C: `kept` says what survives), and a pretraining that stopped
+    early: (3, None) after one line on stderr."""
     try:
-        return 0, action()
+        return usage.guarded(action, f"{kept} are kept; rerun the same command to continue",
+                             hint="choose another --output")
     except Interrupted as exc:
         print(f"stopped: {exc}", file=sys.stderr)
         return EXIT_INTERRUPTED, None
-    except (AblationError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE, None
-    except OSError as exc:  # e.g. an --output that cannot be created
-        print(f"error: cannot write {exc.filename or output} ({exc.strerror or exc}); choose another --output",
-              file=sys.stderr)
-        return EXIT_USAGE, None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -90,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 write_report(spec)  # after every run: a stopped ablation still has an up-to-date report
         return write_report(spec)
 
-    status, paths = guarded(ablate, args.output)
+    status, paths = guarded(ablate, "the finished stages")
     if status == 0:
         print("wrote " + ", ".join(str(p) for p in paths))
     return status

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Sequence
 
+from ..usage import ArgumentParser, check_writable
 from .cli import guarded
 from .runner import AblationError
 from .sweep import SweepSpec, parse_variant, run_sweep
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def parser() -> ArgumentParser:
+    p = ArgumentParser(
         description="Pretrain named variants of one recipe x seeds and compare their eval curves (RTD ROC-AUC, "
                     "RTD loss / prior, MLM accuracy): results.json and curves.png in --output. Rerunning the same "
                     "command continues where it stopped.",
@@ -32,13 +32,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     def sweep() -> list[dict]:
         if args.seeds <= 0:
             raise AblationError(f"--seeds must be positive, got {args.seeds}")
+        check_writable(args.output, "--output")
         variants = dict(parse_variant(v) for v in args.variant)
         if len(variants) != len(args.variant):
             raise AblationError("two --variant share a name; give each its own")
         return run_sweep(SweepSpec(args.recipe, variants, list(range(args.seeds)), str(Path(args.output).absolute()),
                                    list(args.overrides)))
 
-    status, records = guarded(sweep, args.output)
+    status, records = guarded(sweep, "the finished runs")
     if status == 0:
         print(f"{len(records)} runs in {Path(args.output) / 'results.json'} and curves.png")
     return status

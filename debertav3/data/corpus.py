@@ -28,8 +28,9 @@ import numpy as np
 import torch
 
 from ..train_config import DataConfig
+from ..usage import check_writable
 from . import sources, tokenizer as tokenizer_module
-from .sources import iter_documents, resolve_files
+from .sources import DamagedFile, iter_documents, resolve_files
 from .tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,8 @@ def build_datasets(cfg: DataConfig, tokenizer: Tokenizer, seed: int) -> tuple[to
     """(train, valid): train is `Blocks` (or `BlockStream` when `cfg.streaming`), valid is `Blocks`."""
     if cfg.dataset_name and cfg.train_files:
         raise ValueError("set data.dataset_name or data.train_files, not both")
+    if cfg.cache_dir:
+        check_writable(cfg.cache_dir, "data.cache_dir")
     bundled = not cfg.train_files and not cfg.dataset_name
     valid_files = cfg.valid_files or ([str(BUNDLED_VALID)] if bundled else [])
     if cfg.dataset_name:
@@ -131,10 +134,28 @@ def _file_documents(cfg: DataConfig, patterns: list[str], setting: str):
     # The cache key covers each file's size and modification time, so an edited file is read again.
     stamps = [(os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in files]
     num_proc = min(cfg.num_proc, len(files))  # `datasets` gives each process whole files
-    return datasets.Dataset.from_generator(_generate_documents, features=DOC_FEATURES, gen_kwargs=kwargs,
-                                           cache_dir=cfg.cache_dir, num_proc=num_proc if num_proc > 1 else None,
-                                           writer_batch_size=ROWS_PER_BATCH,
-                                           fingerprint=_fingerprint(kwargs, stamps)), where
+    try:
+        docs = datasets.Dataset.from_generator(_generate_documents, features=DOC_FEATURES, gen_kwargs=kwargs,
+                                               cache_dir=cfg.cache_dir, num_proc=num_proc if num_proc > 1 else None,
+                                               writer_batch_size=ROWS_PER_BATCH,
+                                               fingerprint=_fingerprint(kwargs, stamps))
+    except datasets.exceptions.DatasetGenerationError as exc:
+        damaged = _damaged_file(exc)
+        if damaged is None:
+            raise
+        raise damaged from None
+    return docs, where
+
+
+def _damaged_file(exc: datasets.exceptions.DatasetGenerationError) -> DamagedFile | None:
+    """The `DamagedFile` behind `datasets`' DatasetGenerationError: its cause in this process; from a worker of
+    `num_proc`, only the text of the worker's traceback comes back (multiprocess pickles no cause), so the
+    error's line is read from it."""
+    if isinstance(exc.__cause__, DamagedFile):
+        return exc.__cause__
+    marker = f"{DamagedFile.__module__}.{DamagedFile.__qualname__}: "
+    lines = [line[len(marker):] for line in str(exc.__cause__).splitlines() if line.startswith(marker)]
+    return DamagedFile(lines[0]) if lines else None
 
 
 def _fingerprint(*parts) -> str:
@@ -143,8 +164,14 @@ def _fingerprint(*parts) -> str:
 
 def _hub_documents(cfg: DataConfig):
     """A hub dataset's train split as rows {"text", "doc"} (for users who have one; needs the network or its cache)."""
-    ds = datasets.load_dataset(cfg.dataset_name, cfg.dataset_config, split="train", streaming=cfg.streaming,
-                               cache_dir=cfg.cache_dir)
+    try:
+        ds = datasets.load_dataset(cfg.dataset_name, cfg.dataset_config, split="train", streaming=cfg.streaming,
+                                   cache_dir=cfg.cache_dir)
+    except (ConnectionError, FileNotFoundError) as exc:  # datasets' DatasetNotFoundError is a FileNotFoundError
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"data.dataset_name {cfg.dataset_name!r} cannot be loaded ({reason}); check the name, "
+                         "data.dataset_config and the network (or the datasets cache), or give data.train_files") \
+            from None
     if ds.column_names is not None and cfg.text_field not in ds.column_names:
         raise ValueError(f"data.text_field {cfg.text_field!r} is not a column of {cfg.dataset_name}: {ds.column_names}")
     return ds.map(_as_document, with_indices=True, batched=True, input_columns=cfg.text_field).select_columns(

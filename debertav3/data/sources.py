@@ -14,8 +14,10 @@ import gzip
 import json
 import logging
 import os
+import zlib
 from typing import IO, Iterator, Sequence
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 logger = logging.getLogger(__name__)
@@ -25,6 +27,13 @@ logger = logging.getLogger(__name__)
 MAX_DOCUMENT_CHARS = 1 << 18
 _SNIFF_BYTES = 1 << 13
 _GLOB_CHARS = "*?["
+# What reading a damaged file raises: gzip's EOFError (truncated) and BadGzipFile (an OSError), zlib.error
+# (corrupt data), I/O errors, and Arrow's ArrowInvalid (a ValueError) and ArrowIOError (an OSError).
+READ_ERRORS = (OSError, EOFError, ValueError, zlib.error)
+
+
+class DamagedFile(ValueError):
+    """A corpus file that breaks off or is corrupt where `resolve_files`' look at its start could not see."""
 
 
 def file_format(path: str) -> str:
@@ -44,6 +53,8 @@ def resolve_files(patterns: Sequence[str], setting: str, text_field: str) -> lis
         if not matches:
             raise ValueError(f"{setting}: {pattern!r} matches no file")
         for path in matches:
+            if os.path.isdir(path):
+                raise ValueError(f"{setting}: {path} is a directory; name its files, e.g. {path}/*.txt.gz")
             if not os.path.isfile(path):
                 raise ValueError(f"{setting}: file not found: {path}")
             problem = _problem(path, text_field)
@@ -62,16 +73,24 @@ def _problem(path: str, text_field: str) -> str | None:
     kind = file_format(path)
     try:
         if kind == "parquet":
-            columns = pq.read_schema(path).names
-            return None if text_field in columns else f"has no {text_field!r} column (it has {columns})"
+            return _parquet_problem(pq.read_schema(path), text_field)
         with _open(path) as f:
             head = f.readline() if kind == "jsonl" else f.read(_SNIFF_BYTES)
-    except (OSError, EOFError, ValueError) as error:  # gzip, I/O and Arrow errors
+    except READ_ERRORS as error:
         return f"cannot be read ({type(error).__name__}: {error})"
     if b"\x00" in head:
         return "is binary, not text; give .txt, .txt.gz, .jsonl or .parquet files"
     if kind == "jsonl" and head.strip() and _json_text(head, text_field) is None:
         return f"does not start with a JSON object that has a {text_field!r} string"
+    return None
+
+
+def _parquet_problem(schema: pa.Schema, text_field: str) -> str | None:
+    if text_field not in schema.names:
+        return f"has no {text_field!r} column (it has {schema.names})"
+    kind = schema.field(text_field).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        return f"has a {text_field!r} column of {kind}, not of text; name a text column (it has {schema.names})"
     return None
 
 
@@ -85,7 +104,19 @@ def _json_text(line: bytes, text_field: str) -> str | None:
 
 
 def iter_documents(path: str, documents: str, text_field: str) -> Iterator[str]:
-    """The non-empty documents of one file, in order (see the module docstring for what a document is)."""
+    """The non-empty documents of one file, in order (see the module docstring for what a document is).
+
+    A file that breaks off or is corrupt further on than `resolve_files` looked (a truncated .gz) raises a
+    one-line ValueError naming it when the reading gets there.
+    """
+    try:
+        yield from _documents(path, documents, text_field)
+    except READ_ERRORS as error:
+        raise DamagedFile(f"{path} cannot be read to its end ({type(error).__name__}: {error}); the file is "
+                         "truncated or damaged: restore it or leave it out") from None
+
+
+def _documents(path: str, documents: str, text_field: str) -> Iterator[str]:
     kind = file_format(path)
     if kind == "parquet":
         for batch in pq.ParquetFile(path).iter_batches(columns=[text_field]):

@@ -26,6 +26,8 @@ from typing import Iterable, Iterator, Sequence
 import sentencepiece as spm
 import torch
 
+from ..config import check_number
+from ..usage import check_writable
 from .sources import iter_documents, resolve_files
 
 SPECIAL_PIECES = ("[PAD]", "[CLS]", "[SEP]", "[UNK]")  # ids 0, 1, 2, 3
@@ -36,6 +38,7 @@ BUNDLED_TOKENIZER = Path(__file__).resolve().parents[1] / "resources" / "tokeniz
 MODEL_TYPES = ("unigram", "bpe")
 # Longer lines are skipped by the SentencePiece trainer; its default (4192 bytes) would drop long paragraphs.
 MAX_SENTENCE_BYTES = 1 << 16
+MIN_CHARACTER_COVERAGE = 0.98  # the trainer refuses less (trainer_interface.cc)
 
 
 def normalize(text: str) -> str:
@@ -76,7 +79,11 @@ class Tokenizer:
         model = directory if directory.is_file() else directory / MODEL_FILE
         if not model.is_file():
             raise ValueError(f"data.tokenizer: no {MODEL_FILE} in {directory}; train one with tools/train_tokenizer.py")
-        return cls(model.read_bytes(), str(model.parent))
+        try:
+            return cls(model.read_bytes(), str(model.parent))
+        except RuntimeError:  # SentencePiece's protobuf parser: "INTERNAL: ...(109) [model_proto->ParseFromArray...]"
+            raise ValueError(f"data.tokenizer: {model} is not a SentencePiece model (damaged, or another kind of "
+                             "file); train one with tools/train_tokenizer.py") from None
 
     # Pickled as the model bytes: `datasets` hashes this state to fingerprint its cache and ships it to workers.
     def __getstate__(self) -> dict:
@@ -134,6 +141,16 @@ def _sentences(files: list[str], text_field: str) -> Iterator[str]:
                     yield line
 
 
+def _recorded(items: Iterator[str], failure: list[BaseException]) -> Iterator[str]:
+    """`items`, keeping what stopped them in `failure`: SentencePiece turns an exception raised in its input
+    iterator into a RuntimeError whose text holds the whole Python stack."""
+    try:
+        yield from items
+    except BaseException as exc:
+        failure.append(exc)
+        raise
+
+
 def train_tokenizer(inputs: Sequence[str], vocab_size: int, output: str | os.PathLike, model_type: str = "unigram",
                     character_coverage: float = 0.9995, input_sentence_size: int = 0, seed: int = 0,
                     text_field: str = "text") -> Tokenizer:
@@ -147,12 +164,19 @@ def train_tokenizer(inputs: Sequence[str], vocab_size: int, output: str | os.Pat
     output = Path(output)
     if output.exists():
         raise ValueError(f"--output {output} already exists; remove it or choose a new directory")
+    check_writable(output, "--output")  # before the training it would otherwise throw away
     if model_type not in MODEL_TYPES:
         raise ValueError(f"--model-type {model_type!r} is unknown; use one of {list(MODEL_TYPES)}")
     if vocab_size <= len(SPECIAL_PIECES):
         raise ValueError(f"--vocab-size must be > {len(SPECIAL_PIECES)} (the special pieces), got {vocab_size}")
+    check_number("--character-coverage", character_coverage, f"[{MIN_CHARACTER_COVERAGE}, 1]")
+    if input_sentence_size < 0:
+        raise ValueError(f"--input-sentence-size must be >= 0 (0: every line), got {input_sentence_size}")
+    if not 0 <= seed < 2 ** 32:  # SentencePiece's seed is an unsigned 32-bit integer
+        raise ValueError(f"--seed must be in [0, 2^32), got {seed}")
     files = resolve_files(inputs, "--input", text_field)
-    sentences = _sentences(files, text_field)
+    failure: list[BaseException] = []
+    sentences = _recorded(_sentences(files, text_field), failure)
     first = next(sentences, None)
     if first is None:
         raise ValueError(f"--input: no text in {', '.join(files)}")
@@ -166,6 +190,8 @@ def train_tokenizer(inputs: Sequence[str], vocab_size: int, output: str | os.Pat
             pad_id=0, bos_id=1, eos_id=2, unk_id=3, pad_piece=SPECIAL_PIECES[0], bos_piece=SPECIAL_PIECES[1],
             eos_piece=SPECIAL_PIECES[2], unk_piece=SPECIAL_PIECES[3], num_threads=os.cpu_count() or 1, minloglevel=2)
     except RuntimeError as error:
+        if failure:  # reading the input failed (a damaged file, Ctrl-C): that is the error to report
+            raise failure[0] from None
         # Keep SentencePiece's sentence ("Vocabulary size too high (8000). Please set it to a value <= 15."),
         # not the source location and check in brackets before it.
         reason = str(error).strip().rsplit("] ", 1)[-1] or type(error).__name__

@@ -1,28 +1,27 @@
 """Command line of tools/finetune.py: a preset (`--task sst2|cola`) or explicit files and columns.
 
 Explicit options win over a preset's. A mistake (missing file or column, unseen dev label, a directory that is
-not a model) prints one line `error: ...` on stderr and exits with status 2 before anything is trained or written.
+not a model or has no tokenizer) prints one line `error: ...` on stderr and exits with status 2 before anything is
+trained or written; Ctrl-C prints one line `interrupted: ...` and exits with 130 (debertav3/usage.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Sequence
 
+from ..usage import ArgumentParser, guarded
 from .config import DATA_ENV, PRESETS, FinetuneConfig
 from .data import TASK_TYPES
 from .loop import finetune
 
-EXIT_USAGE = 2
 # Options that name the data; without --task all of them but --task-type are required.
 DATA_OPTIONS = ("train", "dev", "text_columns", "label_column")
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Fine-tune a DeBERTa-v2/v3 directory on a sentence(-pair) "
-                                            "classification or regression task and report dev metrics "
-                                            "(see docs/finetune.md).")
+def parser() -> ArgumentParser:
+    p = ArgumentParser(description="Fine-tune a DeBERTa-v2/v3 directory on a sentence(-pair) classification or "
+                                   "regression task and report dev metrics (see docs/finetune.md).")
     p.add_argument("--model", required=True, help="a Hugging Face DebertaV2 directory, e.g. from tools/export.py")
     p.add_argument("--output", required=True, help="directory for metrics.json")
     p.add_argument("--task", choices=sorted(PRESETS), help="a GLUE preset: its files, columns and metric")
@@ -68,18 +67,14 @@ def build_config(args: argparse.Namespace) -> FinetuneConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        cfg = build_config(args)
-        result = finetune(cfg)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except OSError as exc:  # e.g. an --output that cannot be created
-        print(f"error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_USAGE
+    status, result = guarded(lambda: finetune(build_config(args)),
+                             "nothing was written; rerun the same command to start again",
+                             hint="free space or choose another --output")
+    if status:
+        return status
     dev, metric = result["dev"], result["metric"]
     baseline = f" (majority class: {result['majority_accuracy']:.4f})" if "majority_accuracy" in result else ""
     print(f"dev {metric} {dev[metric]:.4f}{baseline}; " + " ".join(f"{k} {v:.4f}" for k, v in dev.items()
                                                                    if k not in ("epoch", metric)))
-    print(f"wrote {cfg.output}/metrics.json")
+    print(f"wrote {result['config']['output']}/metrics.json")
     return 0

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from ..config import check_number
 from .data import TASK_TYPES
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -80,8 +81,18 @@ class FinetuneConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.max_train_examples is not None and self.max_train_examples <= 0:
             raise ValueError(f"--max-train-examples must be positive, got {self.max_train_examples}")
-        if self.lr <= 0 or not 0 <= self.warmup_ratio < 1 or self.weight_decay < 0 or self.sift_weight < 0:
-            raise ValueError("--lr must be > 0, --warmup-ratio in [0, 1), --weight-decay and --sift-weight >= 0")
+        # [CLS] A [SEP], or [CLS] A [SEP] B [SEP]: with one token of each text at least.
+        shortest = 3 if len(self.text_columns) == 1 else 5
+        if self.max_length < shortest:
+            raise ValueError(f"--max-length {self.max_length} leaves no room for text: "
+                             f"{'[CLS] A [SEP]' if shortest == 3 else '[CLS] A [SEP] B [SEP]'} needs {shortest} "
+                             "tokens at least")
+        for option, value, allowed in (("--lr", self.lr, "> 0"), ("--warmup-ratio", self.warmup_ratio, "[0, 1)"),
+                                       ("--weight-decay", self.weight_decay, ">= 0"),
+                                       ("--sift-weight", self.sift_weight, ">= 0")):
+            check_number(option, value, allowed)
+        if not 0 <= self.seed < 2 ** 32:  # numpy's seed range
+            raise ValueError(f"--seed must be in [0, 2^32), got {self.seed}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"--device {self.device!r} is unknown; use auto, cpu or cuda")
         if not self.metric:

@@ -1,18 +1,21 @@
 """Labelled examples from TSV, CSV or JSON-lines files, and the label vocabulary.
 
-- `.tsv`: tab-separated, no quoting (GLUE's files contain bare `"` characters);
-  `.csv`: comma-separated with standard quoting; `.jsonl` / `.json`: one JSON object per line.
+- `.tsv`, and `.txt` whose first line holds a tab (GLUE's MRPC files, msr_paraphrase_*.txt): tab-separated, no
+  quoting (GLUE's files contain bare `"` characters); `.csv`: comma-separated with standard quoting;
+  `.jsonl` / `.json`: one JSON object per line. All are UTF-8; a byte-order mark at the start is dropped.
 - TSV/CSV files have a header row naming the columns, unless `header=False` (CoLA's files): columns are then
   0-based indices. JSON-lines columns are keys.
 - Classification labels are kept as strings; their vocabulary is the sorted set of training labels (numerically
-  when they are all integers, so "0", "1" become class ids 0, 1). A development label outside it is an error:
-  the classifier could never predict it.
+  when they are all integers, so "0", "1" become class ids 0, 1). It needs two labels at least, and a
+  development label outside it is an error: the classifier could never predict it. Regression labels must be
+  finite numbers.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import random
 from dataclasses import dataclass
@@ -20,7 +23,8 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 TASK_TYPES = ("classification", "regression")
-FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
+FORMATS = {".tsv": "tsv", ".txt": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
+ENCODING = "utf-8-sig"  # UTF-8 without the byte-order mark some editors (and MRPC's files) put first
 
 
 @dataclass
@@ -45,15 +49,21 @@ class Split:
 
 
 def file_format(path: str) -> str:
+    """"tsv", "csv" or "jsonl" from the name; a .txt file is TSV only if its first line has a tab."""
     suffix = Path(path).suffix.lower()
     if suffix not in FORMATS:
-        raise ValueError(f"{path}: unknown file type {suffix!r}; use .tsv, .csv or .jsonl")
+        raise ValueError(f"{path}: unknown file type {suffix!r}; use .tsv, .txt (tab-separated), .csv or .jsonl")
+    if suffix == ".txt":
+        with open(path, encoding=ENCODING, errors="replace") as handle:
+            if "\t" not in handle.readline():
+                raise ValueError(f"{path}: a .txt file is read as tab-separated columns, but its first line has no "
+                                 "tab; give a .tsv, .csv or .jsonl file")
     return FORMATS[suffix]
 
 
 def _delimited_rows(path: str, kind: str) -> Iterator[tuple[int, list[str]]]:
     options = dict(delimiter="\t", quoting=csv.QUOTE_NONE) if kind == "tsv" else dict(delimiter=",")
-    with open(path, newline="", encoding="utf-8") as handle:
+    with open(path, newline="", encoding=ENCODING) as handle:
         reader = csv.reader(handle, **options)
         for row in reader:
             if any(field.strip() for field in row):  # blank lines carry no example
@@ -91,7 +101,7 @@ def _read_delimited(path: str, kind: str, columns: Sequence[str], header: bool) 
 
 
 def _read_jsonl(path: str, columns: Sequence[str]) -> Iterator[tuple[int, list[str]]]:
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding=ENCODING) as handle:
         for line, text in enumerate(handle, start=1):
             if not text.strip():
                 continue
@@ -111,32 +121,42 @@ def read_split(path: str | os.PathLike, text_columns: Sequence[str], label_colum
                header: bool = True) -> Split:
     """Read `text_columns` (one or two: a sentence or a sentence pair) and `label_column` of every row."""
     path = str(path)
+    if os.path.isdir(path):
+        raise ValueError(f"data file {path} is a directory; give a .tsv, .txt, .csv or .jsonl file")
     if not os.path.isfile(path):
         raise ValueError(f"data file {path} not found")
-    kind = file_format(path)
-    columns = [*text_columns, label_column]
-    if kind == "jsonl":
-        if not header:
-            raise ValueError(f"{path}: --no-header applies to TSV/CSV files; JSON-lines columns are keys")
-        rows = _read_jsonl(path, columns)
-    else:
-        rows = _read_delimited(path, kind, columns, header)
-    texts, labels, lines = [], [], []
-    for line, values in rows:
-        label = values[-1].strip()
-        if not label:
-            raise ValueError(f"{path} line {line} has an empty label (column {label_column!r})")
-        texts.append(tuple(values[:-1]))
-        labels.append(label)
-        lines.append(line)
+    try:
+        kind = file_format(path)
+        columns = [*text_columns, label_column]
+        if kind == "jsonl":
+            if not header:
+                raise ValueError(f"{path}: --no-header applies to TSV/CSV files; JSON-lines columns are keys")
+            rows = _read_jsonl(path, columns)
+        else:
+            rows = _read_delimited(path, kind, columns, header)
+        texts, labels, lines = [], [], []
+        for line, values in rows:
+            label = values[-1].strip()
+            if not label:
+                raise ValueError(f"{path} line {line} has an empty label (column {label_column!r})")
+            texts.append(tuple(values[:-1]))
+            labels.append(label)
+            lines.append(line)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r} at offset "
+                         f"{exc.start}); convert it to UTF-8") from None
     if not labels:
         raise ValueError(f"{path} has no examples")
     return Split(path, texts, labels, lines)
 
 
 def label_vocabulary(train: Split) -> list[str]:
-    """Sorted training labels: numerically when all are integers, else as strings."""
+    """Sorted training labels: numerically when all are integers, else as strings; at least two of them."""
     names = set(train.labels)
+    if len(names) < 2:
+        raise ValueError(f"every training example of {train.path} has the label {train.labels[0]!r}; a classifier "
+                         "needs two labels at least: check --label-column (or --max-train-examples, or use "
+                         "--task-type regression)")
     integers = all(name.lstrip("-").isdigit() for name in names)
     return sorted(names, key=int) if integers else sorted(names)
 
@@ -147,10 +167,13 @@ def encode_labels(split: Split, task_type: str, vocabulary: list[str] | None, tr
         values = []
         for label, line in zip(split.labels, split.lines):
             try:
-                values.append(float(label))
+                value = float(label)
             except ValueError:
-                raise ValueError(f"{split.path} line {line}: label {label!r} is not a number; regression needs "
-                                 "numeric labels (or use --task-type classification)") from None
+                value = math.nan
+            if not math.isfinite(value):  # float() also reads "nan" and "inf", which no metric survives
+                raise ValueError(f"{split.path} line {line}: label {label!r} is not a finite number; regression "
+                                 "needs numeric labels (or use --task-type classification)")
+            values.append(value)
         return values
     index = {name: i for i, name in enumerate(vocabulary)}
     for label, line in zip(split.labels, split.lines):

@@ -19,12 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 from ..hf import CheckpointError
 from ..io_utils import atomic_write_text
 from ..train.optim import build_optimizer, linear_schedule
 from ..train_config import OptimConfig
+from ..usage import check_writable
 from .config import FinetuneConfig
 from .data import Split, encode_labels, label_vocabulary, read_split
 from .metrics import classification_metrics, regression_metrics
@@ -32,6 +34,9 @@ from .sift import SiFT
 
 MAX_GRAD_NORM = 1.0
 METRICS_FILE = "metrics.json"
+# What a DebertaV2 directory's tokenizer is made of. Without one, transformers builds a tokenizer that knows only
+# the special tokens of tokenizer_config.json, and fine-tuning would see nothing but [UNK].
+TOKENIZER_FILES = ("spm.model", "tokenizer.json")
 
 
 def set_seed(seed: int) -> None:
@@ -49,6 +54,10 @@ def load_model(cfg: FinetuneConfig, labels: list[str] | None):
     if not (Path(cfg.model) / "config.json").is_file():
         raise CheckpointError(f"--model {cfg.model} is not a model directory (no config.json); export one with "
                               "tools/export.py")
+    if not any((Path(cfg.model) / name).is_file() for name in TOKENIZER_FILES):
+        raise CheckpointError(f"--model {cfg.model} has no tokenizer (no {' or '.join(TOKENIZER_FILES)}); export "
+                              "the checkpoint with tools/export.py, which copies its tokenizer, or copy the "
+                              "tokenizer the model was trained with into it")
     head = (dict(num_labels=len(labels), id2label=dict(enumerate(labels)),
                  label2id={name: i for i, name in enumerate(labels)}, problem_type="single_label_classification")
             if labels is not None else dict(num_labels=1, problem_type="regression"))
@@ -59,9 +68,13 @@ def load_model(cfg: FinetuneConfig, labels: list[str] | None):
             model = auto.from_config(transformers.AutoConfig.from_pretrained(cfg.model, **head))
         else:
             model = auto.from_pretrained(cfg.model, **head)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"--model {cfg.model} cannot be loaded by transformers: {reason}") from None
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:  # a larger id would index past the embedding table in the first batch
+        raise CheckpointError(f"--model {cfg.model}: its tokenizer has {len(tokenizer)} ids but the model's "
+                              f"embedding table has {rows} rows; use the tokenizer the model was trained with")
     return model, tokenizer
 
 
@@ -165,13 +178,13 @@ def read_task(cfg: FinetuneConfig) -> TaskData:
 
 def finetune(cfg: FinetuneConfig) -> dict:
     """Fine-tune, evaluate after every epoch, write `cfg.output`/metrics.json; returns what it wrote."""
+    check_writable(cfg.output, "--output")  # now, not after training; metrics.json creates it at the end
     data = read_task(cfg)
     regression = data.labels is None
     device = resolve_device(cfg.device)
     set_seed(cfg.seed)  # before the model: the new head (or, with random_init, every weight) is drawn here
     model, tokenizer = load_model(cfg, data.labels)
     model.to(device)
-    Path(cfg.output).mkdir(parents=True, exist_ok=True)  # fail now, not after training, if it cannot be written
     sift = SiFT(embedding_layer_norm(model), regression=regression) if cfg.sift else None
     train_batches = loader(tokenizer, encode(tokenizer, data.train, data.train_targets, cfg.max_length),
                            cfg.batch_size, True, cfg.seed, regression)

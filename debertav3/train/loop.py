@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -12,7 +11,6 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from ..build import build_model
@@ -23,16 +21,14 @@ from ..rtd import IGNORE_INDEX, RTDModel, average_pairwise_cosine
 from ..train_config import Config
 from .allocator import keep_freed_memory
 from .batches import BlockSource, make_micro_batch, micro_batch_seed
-from .checkpoint import (CONFIG_FILE, read_state, remove_stale_temporaries, resolve_resume,
-                         save_checkpoint)
+from .checkpoint import save_checkpoint
 from .cli import to_yaml
+from .errors import UserError
+from .lock import claim_output_dir
 from .optim import build_optimizer, linear_schedule
 from .report import CollapseGuard, CollapseWarning, format_eval_line, format_summary, progress_postfix
+from .resume import RunIdentity, refuse_foreign_checkpoints, restore
 from .signals import StopRequests
-
-
-class UserError(ValueError):
-    """A problem with the user's input or environment, reported as one line."""
 
 
 def resolve_precision(requested: str) -> str:
@@ -42,18 +38,9 @@ def resolve_precision(requested: str) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
-def check_resume_compatible(checkpoint: Path, cfg: Config) -> None:
-    """Resuming with another architecture or objective would silently load mismatched state: refuse."""
-    saved = OmegaConf.load(checkpoint / CONFIG_FILE)
-    current = OmegaConf.structured(cfg)
-    for section in ("model", "rtd.embedding_sharing", "objective", "data.max_seq_length"):
-        old, new = OmegaConf.select(saved, section), OmegaConf.select(current, section)
-        if section == "model":
-            old = {k: v for k, v in old.items() if not k.startswith("init_")}
-            new = {k: v for k, v in new.items() if not k.startswith("init_")}
-        if old != new:
-            raise UserError(f"{checkpoint} was trained with a different {section}; resume with the same config, "
-                            "or start afresh with a new train.output_dir or train.resume=never")
+def make_accelerator(cfg: Config) -> Accelerator:
+    return Accelerator(mixed_precision=resolve_precision(cfg.train.mixed_precision), log_with="tensorboard",
+                       project_dir=cfg.train.output_dir)
 
 
 def embedding_statistics(model: RTDModel, vocab_size: int) -> dict[str, float]:
@@ -67,17 +54,12 @@ def embedding_statistics(model: RTDModel, vocab_size: int) -> dict[str, float]:
 
 
 class Trainer:
-    def __init__(self, cfg: Config):
+    """One pretraining run in `cfg.train.output_dir`; use it through `train()`, which holds the directory."""
+
+    def __init__(self, cfg: Config, accelerator: Accelerator):
         self.cfg = cfg
         self.out = Path(cfg.train.output_dir)
-        try:
-            self.out.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=self.out):  # a name of its own: every process of a launch probes
-                pass
-        except OSError as exc:
-            raise UserError(f"train.output_dir {self.out} is not writable ({exc.strerror}); choose another") from None
-        self.accelerator = Accelerator(mixed_precision=resolve_precision(cfg.train.mixed_precision),
-                                       log_with="tensorboard", project_dir=str(self.out))
+        self.accelerator = accelerator
         set_seed(cfg.train.seed)
         if cfg.train.keep_freed_memory and self.accelerator.device.type == "cpu":
             keep_freed_memory()
@@ -87,6 +69,7 @@ class Trainer:
             model = build_model(cfg, self.tokenizer.special_ids)
             with self.accelerator.main_process_first():  # one process tokenizes; the others read its cache
                 self.train_set, self.valid_set = build_datasets(cfg.data, self.tokenizer, cfg.train.seed)
+            self.identity = RunIdentity.of(cfg, self.tokenizer, self.accelerator.num_processes)
         except (CheckpointError, ValueError, FileNotFoundError) as exc:
             raise UserError(str(exc)) from None
         self.masker = Masker(self.tokenizer, cfg.data.mask_prob, cfg.mask_mode, cfg.data.whole_word_mask)
@@ -112,16 +95,10 @@ class Trainer:
                                 position), acc.process_index, acc.num_processes).to(acc.device)
 
     def resume(self) -> None:
-        remove_stale_temporaries(self.out)
-        try:
-            checkpoint = resolve_resume(self.out, self.cfg.train.resume)
-        except FileNotFoundError as exc:
-            raise UserError(str(exc)) from None
-        if checkpoint is None:
+        restored = restore(self.accelerator, self.out, self.cfg.train.resume, self.cfg, self.identity)
+        if restored is None:
             return
-        check_resume_compatible(checkpoint, self.cfg)
-        self.accelerator.load_state(str(checkpoint))
-        state = read_state(checkpoint)
+        checkpoint, state = restored
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
         self.skipped_steps = state.get("skipped_steps", 0)
         self.last_checkpoint = checkpoint
@@ -223,15 +200,9 @@ class Trainer:
 
     def save(self) -> None:
         state = {"step": self.step, "tokens_seen": self.tokens_seen, "skipped_steps": self.skipped_steps,
-                 "data_position": self.step * self.cfg.train.gradient_accumulation_steps}
-        try:
-            self.last_checkpoint = save_checkpoint(self.accelerator, self.out, self.step, state, to_yaml(self.cfg),
-                                                   self.tokenizer, self.cfg.train.keep_last)
-        except OSError as exc:  # disk full, quota, permissions: the earlier checkpoints are untouched
-            remove_stale_temporaries(self.out)
-            raise UserError(f"could not write checkpoint step {self.step} in {self.out / 'checkpoints'} "
-                            f"({exc.strerror or exc}); free space or choose another train.output_dir, then "
-                            "resume with train.resume=auto") from None
+                 "data_position": self.step * self.cfg.train.gradient_accumulation_steps, **self.identity.as_state()}
+        self.last_checkpoint = save_checkpoint(self.accelerator, self.out, self.step, state, to_yaml(self.cfg),
+                                               self.tokenizer, self.cfg.train.keep_last)
 
     def stop_requested(self, stops: StopRequests) -> bool:
         """Whether any process received SIGTERM / SIGINT (all processes must stop at the same step)."""
@@ -317,5 +288,10 @@ def train(cfg: Config, stop_after_steps: int | None = None) -> dict[str, float]:
     """Train as configured (resuming per `train.resume`); returns the last logged metrics.
 
     `stop_after_steps` ends this run early, right after a checkpoint, as a preempted job would (tests use it).
+    The output directory is held for the whole run (lock.py), and a run that would overwrite another run's
+    checkpoints is refused before anything is built or written (resume.py).
     """
-    return Trainer(cfg).run(stop_after_steps)
+    accelerator = make_accelerator(cfg)  # first: it sets up the processes of a launch, which the claim needs
+    with claim_output_dir(cfg.train.output_dir, accelerator):
+        refuse_foreign_checkpoints(cfg.train.output_dir, cfg.train.resume)
+        return Trainer(cfg, accelerator).run(stop_after_steps)

@@ -2,7 +2,9 @@
 
 Preemptible machines send SIGTERM before they take the machine away; Ctrl-C sends SIGINT. The first signal only
 sets a flag that the loop reads between steps; a second one stops at once (the last checkpoint stays valid,
-since checkpoints are written atomically).
+since checkpoints are written atomically). Outside the loop (reading the config, tokenizing, loading) Ctrl-C ends
+the command with one line `interrupted: ...` and status 130, and so does the second signal here, which surfaces
+as a KeyboardInterrupt (`debertav3.usage.guarded`, around the whole command).
 """
 
 from __future__ import annotations

@@ -1,0 +1,76 @@
+"""One run per output directory: `claim_output_dir` holds an exclusive lock on `<output_dir>/.lock`.
+
+The lock is `fcntl.flock` on an open file: the kernel drops it when its holder's process ends, however it ends
+(SIGKILL included), so a crashed run never leaves a stale lock. The holder writes "pid P on host H, since T" into
+the file, which a refused run quotes.
+
+All processes of one launch share the directory, so only the launch's main process takes the lock, and it tells
+the others the outcome: every process of a refused launch stops at the same place. This is exact for single-node
+launches. A multi-node launch needs its output_dir on a filesystem shared by all nodes anyway (every process
+writes its RNG state into each checkpoint); there the lock excludes other launches only where flock works across
+machines (Linux NFS clients emulate it with byte-range locks; other shared filesystems may keep it node-local).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+from accelerate.utils import broadcast_object_list
+
+from .errors import UserError
+
+LOCK_FILE = ".lock"
+
+
+def _check_writable(out: Path) -> None:
+    """Create `out` and write a file into it (each process of a launch: they may see different filesystems)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):  # a name of its own, deleted on close
+            pass
+    except OSError as exc:
+        raise UserError(f"train.output_dir {out} is not writable ({exc.strerror}); choose another") from None
+
+
+def _lock(out: Path):
+    """(the open lock file, None) if this process now holds the lock, else (None, why not as one line)."""
+    handle = open(os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644), "r+")  # O_CREAT without truncating
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = handle.read().strip() or "holder unknown"  # empty if it has only just taken the lock
+        handle.close()
+        return None, f"{out} is in use by another run ({holder}); wait for it or choose another train.output_dir"
+    except OSError as exc:
+        handle.close()
+        return None, (f"cannot lock {out / LOCK_FILE} ({exc.strerror}); choose a train.output_dir on a filesystem "
+                      "that supports file locks")
+    handle.truncate(0)
+    handle.write(f"pid {os.getpid()} on host {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    handle.flush()
+    return handle, None
+
+
+@contextlib.contextmanager
+def claim_output_dir(output_dir: str | os.PathLike, accelerator):
+    """Create `output_dir` and hold it exclusively for the block; UserError if it is not writable or in use.
+
+    Every process of the launch enters it with its `accelerator` (the main process decides, and tells the others).
+    """
+    out = Path(output_dir)
+    _check_writable(out)
+    handle, refusal = _lock(out) if accelerator.is_main_process else (None, None)
+    refusal = broadcast_object_list([refusal])[0]
+    if refusal:
+        raise UserError(refusal)
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.close()  # releases the lock; the file stays (deleting it would race with a run opening it)

@@ -1,0 +1,162 @@
+"""How every command line reports a user's mistake or Ctrl-C: one line on stderr and an exit status, no traceback.
+
+- A mistake in the input, a `ValueError` (the convention of this package: `ConfigError`, the trainer's
+  `UserError`, `CheckpointError`, `AblationError` and the plain ValueErrors of the config and data checks all are
+  one), prints `error: <message>` and exits with status 2, the status argparse gives its own usage errors.
+- An operating-system failure no check caught first (`OSError`: a path that cannot be read or created) prints
+  `error: <path>: <reason>; <hint>`, status 2.
+- argparse's own errors (a missing option, a number that is not one) are one line too (`ArgumentParser`).
+- Ctrl-C (SIGINT) prints `interrupted: <what is left and how to go on>` and exits with status 130 (128 + SIGINT,
+  the shells' convention). Inside the training loop `train.signals.StopRequests` takes SIGINT over instead
+  (finish the step, save a checkpoint, exit 0).
+
+Any other exception is a bug of ours and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Callable, Optional, TypeVar
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+T = TypeVar("T")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser with its own usage errors (a missing option, an invalid number) on one line too:
+    `error: <argparse's reason> (see <prog> --help)`, status 2, without the usage text before it."""
+
+    def error(self, message: str):
+        report("error", f"{message} (see {self.prog} --help)")
+        sys.exit(EXIT_USAGE)
+
+
+def one_line(message: str) -> str:
+    """`message` on one line: a wrapped library message must not break the one-line contract."""
+    return " ".join(message.split())
+
+
+def report(kind: str, message: str) -> None:
+    """`kind: message` as the last line on stderr: progress bars the failed work left open are closed first, or
+    they would be drawn again below it when the interpreter collects them."""
+    progress = sys.modules.get("tqdm")
+    for bar in list(progress.tqdm._instances) if progress else ():
+        bar.close()
+    print(f"{kind}: {one_line(message)}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def interrupts_for_this_process_only():
+    """Within the block Ctrl-C raises KeyboardInterrupt here as usual, while the processes forked meanwhile
+    (datasets' tokenizing pool) ignore it: a terminal sends SIGINT to the whole process group, and each worker
+    would print a traceback of its own. The parent's KeyboardInterrupt closes the pool, which ends them."""
+    if threading.current_thread() is not threading.main_thread():  # handlers can only be set there
+        yield
+        return
+    owner = os.getpid()
+
+    def handle(signum, frame):
+        if os.getpid() == owner:
+            raise KeyboardInterrupt
+
+    def unraisable(info):
+        # Where Python cannot raise (an at-fork callback such as logging's _releaseLock, a __del__), the
+        # KeyboardInterrupt would be printed as "Exception ignored" with its traceback, and lost: send the
+        # signal again a moment later, from a thread, for the main thread to take.
+        if issubclass(info.exc_type, KeyboardInterrupt) and os.getpid() == owner:
+            threading.Timer(0.01, os.kill, (owner, signal.SIGINT)).start()
+        else:
+            previous_hook(info)
+
+    previous, previous_hook = signal.signal(signal.SIGINT, handle), sys.unraisablehook
+    sys.unraisablehook = unraisable
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        sys.unraisablehook = previous_hook
+
+
+@contextlib.contextmanager
+def _ending():
+    """The way out after Ctrl-C. Further Ctrl-Cs are ignored while the block reports, and end the process at once
+    afterwards: whatever the way out still runs (atexit handlers, the interpreter's shutdown) must not turn one
+    into a traceback. The child processes the interrupted work left behind are stopped, since the exit waits for
+    them: a second Ctrl-C can cut short the shutdown of datasets' manager process, which ignores SIGINT itself."""
+    main = threading.current_thread() is threading.main_thread()
+    if main:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    yield
+    for name in ("multiprocessing", "multiprocess"):
+        module = sys.modules.get(name)
+        for child in module.active_children() if module else ():
+            child.terminate()
+            child.join(timeout=1)
+            if child.is_alive():
+                child.kill()
+    if main:
+        signal.signal(signal.SIGINT, lambda signum, frame: os._exit(EXIT_INTERRUPTED))
+
+
+def guarded(action: Callable[[], T], interrupted: str | Callable[[], str],
+            hint: str = "check the path, its permissions and the free space") -> tuple[int, Optional[T]]:
+    """(0, action()), or (exit status, None) after one line on stderr for a user's mistake or Ctrl-C.
+
+    `interrupted` (or what it returns, when Ctrl-C came) says what was kept and how to go on; `hint` ends the line
+    of an `OSError`. After Ctrl-C the command is ending (`_ending`).
+    """
+    try:
+        with interrupts_for_this_process_only():
+            return 0, action()
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt) or _raised_while_interrupted(exc):
+            with _ending():
+                report("interrupted", interrupted() if callable(interrupted) else interrupted)
+            return EXIT_INTERRUPTED, None
+        if isinstance(exc, ValueError):
+            report("error", str(exc) or type(exc).__name__)
+            return EXIT_USAGE, None
+        if isinstance(exc, OSError):
+            report("error", f"{exc.filename or 'a file'}: {exc.strerror or exc}; {hint}")
+            return EXIT_USAGE, None
+        raise
+
+
+def _raised_while_interrupted(exc: BaseException) -> bool:
+    """Whether `exc` came from cleaning up after Ctrl-C: datasets' pool, waiting for its workers in a `finally`,
+    replaces the KeyboardInterrupt with a TimeoutError whose context it is."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__context__
+    return False
+
+
+def check_writable(path: str | os.PathLike, option: str) -> None:
+    """Raise a one-line ValueError unless the directory `path` exists and is writable, or can be created.
+
+    The nearest existing ancestor must be a directory in which a new entry can be made; the probe is a temporary
+    directory removed at once, so a refused command leaves nothing behind (not even `path`'s parents).
+    """
+    path = Path(path).absolute()
+    ancestor = path
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"{option} {path} cannot be created: {ancestor} is a file, not a directory; choose "
+                         f"another {option}")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".probe-", dir=ancestor))
+    except OSError as exc:
+        raise ValueError(f"{option} {path} is not writable ({exc.strerror} in {ancestor}); choose another "
+                         f"{option}") from None
