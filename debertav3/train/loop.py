@@ -268,6 +268,8 @@ class Trainer:
                     logged.update(evaluation)
                     evaluated = (self.step, evaluation)
                     self.after_evaluation(evaluation)
+                    if "loss" in logged:  # the new AUC in the bar now, not one log step later
+                        bar.set_postfix(progress_postfix(logged, evaluation.get("eval/rtd_auc")))
                 stopping = self.stop_requested(stops)
                 if self.step % cfg.save_every == 0 or self.step == stop_at or stopping:
                     self.save()
