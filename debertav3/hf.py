@@ -18,9 +18,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -76,17 +78,23 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Weights from model.safetensors, a sharded safetensors index, or pytorch_model.bin (official names fixed),
     plus the RTD head of an exported discriminator (rtd_head.safetensors) where present."""
     path = Path(path)
-    if (path / "model.safetensors").is_file():
-        state = load_file(path / "model.safetensors")
-    elif (path / "model.safetensors.index.json").is_file():
-        shards = set(json.loads((path / "model.safetensors.index.json").read_text())["weight_map"].values())
-        state = {k: v for shard in sorted(shards) for k, v in load_file(path / shard).items()}
-    elif (path / "pytorch_model.bin").is_file():
-        state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    else:
-        raise CheckpointError(f"no model.safetensors or pytorch_model.bin in {path}; is it a model directory?")
-    if (path / RTD_HEAD_FILE).is_file():
-        state.update(load_file(path / RTD_HEAD_FILE))
+    try:
+        if (path / "model.safetensors").is_file():
+            state = load_file(path / "model.safetensors")
+        elif (path / "model.safetensors.index.json").is_file():
+            shards = set(json.loads((path / "model.safetensors.index.json").read_text())["weight_map"].values())
+            state = {k: v for shard in sorted(shards) for k, v in load_file(path / shard).items()}
+        elif (path / "pytorch_model.bin").is_file():
+            state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        else:
+            raise CheckpointError(f"no model.safetensors or pytorch_model.bin in {path}; is it a model directory?")
+        if (path / RTD_HEAD_FILE).is_file():
+            state.update(load_file(path / RTD_HEAD_FILE))
+    # A truncated or overwritten weights file: safetensors' and torch's readers raise these, not OSError.
+    except (SafetensorError, RuntimeError, EOFError, pickle.UnpicklingError, KeyError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"the weights in {path} cannot be read ({reason}); the files are damaged or "
+                              "incomplete: copy or export them again") from None
     return {RENAMED_KEYS.get(k, k): v for k, v in state.items()}
 
 

@@ -69,6 +69,9 @@ def files(tmp_path_factory):
     paragraphs = gzip.compress("\n\n".join(text.split()[:20_000]).encode())  # one word per document
     (folder / "late.txt.gz").write_bytes(paragraphs[:len(paragraphs) // 2])  # breaks off after many documents
     pq.write_table(pa.table({"text": pa.array([1, 2, 3], pa.int64())}), folder / "ints.parquet")
+    (folder / "damaged_model").mkdir()
+    (folder / "damaged_model" / "config.json").write_text("{}")
+    (folder / "damaged_model" / "model.safetensors").write_bytes(b"\x10" + bytes(200))  # a header cut short
     return folder
 
 
@@ -101,6 +104,7 @@ PRETRAIN = {
                                               "{files}/train.txt]"], "late.txt.gz cannot be read to its end"),
     "parquet column of integers": (["data.train_files=[{files}/ints.parquet]"], "'text' column of int64"),
     "corpus is a directory": (["data.train_files=[{files}/a_dir]"], "a_dir is a directory; name its files"),
+    "init from damaged weights": (["model.init_discriminator={files}/damaged_model"], "cannot be read"),
     "cache_dir under a file": (["data.cache_dir={files}/a_file/cache"], "data.cache_dir {files}/a_file/cache cannot"),
 }
 
