@@ -166,6 +166,29 @@ class TrainSection:
 
 
 @dataclass
+class ProbeConfig:
+    """A linear probe at every evaluation (train/probe.py): off unless `train_file` and `dev_file` are set."""
+
+    train_file: Optional[str] = None  # labelled sentences (.tsv, .txt with tabs, .csv, .jsonl), as fine-tuning reads
+    dev_file: Optional[str] = None
+    text_column: str = "sentence"  # SST-2's names; a 0-based index with header=false (CoLA: 3 and 1)
+    label_column: str = "label"
+    header: bool = True
+    examples: int = 2000  # a seeded slice of the training file; the dev file is read up to this many too
+    max_length: int = 64  # tokens per sentence, [CLS] and [SEP] included
+    l2: float = 1e-3  # the logistic regression's weight penalty, on standardised features
+
+    def __post_init__(self) -> None:
+        if (self.train_file is None) != (self.dev_file is None):
+            raise ValueError("probe.train_file and probe.dev_file go together: set both, or neither")
+        check_positive("probe", self, ("examples",))
+        if self.max_length < 3:
+            raise ValueError(f"probe.max_length {self.max_length} leaves no room for text: [CLS] text [SEP] "
+                             "needs 3 tokens at least")
+        check_number("probe.l2", self.l2, ">= 0")
+
+
+@dataclass
 class Config:
     """Everything one pretraining run needs."""
 
@@ -175,6 +198,7 @@ class Config:
     rtd: RTDConfig = field(default_factory=RTDConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainSection = field(default_factory=TrainSection)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:

@@ -26,6 +26,7 @@ from .cli import to_yaml
 from .errors import UserError
 from .lock import claim_output_dir
 from .optim import build_optimizer, linear_schedule
+from .probe import Probe, kept_encoder
 from .report import CollapseGuard, CollapseWarning, format_eval_line, format_summary, progress_postfix
 from .resume import RunIdentity, refuse_foreign_checkpoints, restore
 from .signals import StopRequests
@@ -70,6 +71,7 @@ class Trainer:
             with self.accelerator.main_process_first():  # one process tokenizes; the others read its cache
                 self.train_set, self.valid_set = build_datasets(cfg.data, self.tokenizer, cfg.train.seed)
             self.identity = RunIdentity.of(cfg, self.tokenizer, self.accelerator.num_processes)
+            self.probe = Probe(cfg.probe, self.tokenizer, cfg.train.seed) if cfg.probe.train_file else None
         except (CheckpointError, ValueError, FileNotFoundError) as exc:
             raise UserError(str(exc)) from None
         self.masker = Masker(self.tokenizer, cfg.data.mask_prob, cfg.mask_mode, cfg.data.whole_word_mask)
@@ -155,7 +157,8 @@ class Trainer:
 
         Per-batch metrics are averaged over batches; `rtd_auc` and `rtd_loss_vs_prior` come instead from the
         discriminator's scores pooled over all batches and processes, and `mlm_accuracy_unigram` /
-        `mlm_loss_unigram` are the best constant predictor's scores on the pooled masked targets."""
+        `mlm_loss_unigram` are the best constant predictor's scores on the pooled masked targets; with a probe
+        configured, `probe_accuracy` and `probe_majority` come from train/probe.py."""
         model, cfg, acc = self.raw_model, self.cfg.train, self.accelerator
         model.eval()
         global_batch = cfg.batch_size * acc.num_processes
@@ -188,6 +191,8 @@ class Trainer:
             scores, targets = scores[real], targets[real]
             pooled.update(rtd_auc=roc_auc(scores, targets), rtd_loss_vs_prior=prior_relative_loss(scores, targets))
         result.update({f"eval/{k}": v for k, v in zip(pooled, torch.stack(list(pooled.values())).tolist())})
+        if self.probe is not None:  # every process fits the same probe on the same weights: nothing to reduce
+            result.update({f"eval/{k}": v for k, v in self.probe.evaluate(kept_encoder(model), acc.device).items()})
         return result
 
     def gather_rows(self, values: torch.Tensor) -> torch.Tensor:

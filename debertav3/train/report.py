@@ -33,13 +33,17 @@ def _number(value: Optional[float], digits: int = 3) -> str:
 
 
 def eval_figures(evaluation: Mapping[str, float]) -> str:
-    """'RTD AUC 0.912, RTD loss / prior 0.64, MLM accuracy 0.213 (unigram 0.061)'; the RTD part only for rtd."""
+    """'RTD AUC 0.912, RTD loss / prior 0.64, MLM accuracy 0.213 (unigram 0.061)'; the RTD part only for rtd, and
+    ', probe accuracy 0.781 (majority 0.509)' when a probe is configured."""
     parts = []
     if "eval/rtd_auc" in evaluation:
         parts += [f"RTD AUC {_number(evaluation['eval/rtd_auc'])}",
                   f"RTD loss / prior {_number(evaluation['eval/rtd_loss_vs_prior'], 2)}"]
     parts.append(f"MLM accuracy {_number(evaluation.get('eval/mlm_accuracy'))} "
                  f"(unigram {_number(evaluation.get('eval/mlm_accuracy_unigram'))})")
+    if "eval/probe_accuracy" in evaluation:
+        parts.append(f"probe accuracy {_number(evaluation['eval/probe_accuracy'])} "
+                     f"(majority {_number(evaluation['eval/probe_majority'])})")
     return ", ".join(parts)
 
 
