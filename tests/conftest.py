@@ -1,6 +1,7 @@
 """Shared test scaffolding: a small model recipe and small corpora cut from the bundled English slice."""
 
 import gzip
+import re
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def the_line(err: str, kind: str = "error") -> str:
+    """The one `error: ...` / `interrupted: ...` line, which ends stderr (progress bars may come before it)."""
+    assert "Traceback" not in err, err
+    found = re.findall(r"(?:error|interrupted): [^\r\n]*", err)
+    assert len(found) == 1 and found[0].startswith(f"{kind}: ") and err.rstrip("\n").endswith(found[0]), err
+    return found[0]

@@ -5,7 +5,6 @@ ours still shows its traceback. docs/reliability.md ("Bad input") lists every ca
 import gzip
 import importlib.util
 import os
-import re
 import select
 import shutil
 import signal
@@ -20,7 +19,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import BUNDLED_CORPUS, ROOT, SMALL_MODEL, write_corpus
+from conftest import BUNDLED_CORPUS, ROOT, SMALL_MODEL, the_line, write_corpus
 from debertav3 import ModelConfig
 from debertav3.ablation.cli import main as ablate
 from debertav3.ablation.sweep_cli import main as sweep
@@ -43,14 +42,6 @@ SMALL = {"model": SMALL_MODEL, "data": {"max_seq_length": 64, "num_proc": 1}, "o
 _spec = importlib.util.spec_from_file_location("train_tokenizer_tool", ROOT / "tools" / "train_tokenizer.py")
 train_tokenizer_tool = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(train_tokenizer_tool)
-
-
-def the_line(err: str, kind: str = "error") -> str:
-    """The one `error: ...` / `interrupted: ...` line, which ends stderr (progress bars may come before it)."""
-    assert "Traceback" not in err, err
-    found = re.findall(r"(?:error|interrupted): [^\r\n]*", err)
-    assert len(found) == 1 and found[0].startswith(f"{kind}: ") and err.rstrip("\n").endswith(found[0]), err
-    return found[0]
 
 
 @pytest.fixture(scope="module")
