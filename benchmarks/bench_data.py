@@ -8,7 +8,8 @@ max_seq_length 512:
   - streaming over a ~10 MB prefix of the corpus and over all of it (~100 MB): every block iterated.
 Peak memory: the process tree's proportional set size (PSS: resident memory, shared pages split between the
 processes sharing them) sampled from /proc every 20 ms, and getrusage's peak RSS of the main process and of its
-largest child (workers are forked, so their RSS includes pages shared with the main process). Targets (issue): >= 4 MB/s with 2 processes, peak RSS < 2 GB, streaming RSS flat in corpus size.
+largest child (workers are forked, so their RSS includes pages shared with the main process). The targets and
+the measured figures are in docs/performance.md ("Data pipeline").
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class PeakSampler(threading.Thread):
 def measure(spec: dict) -> dict:
     """One measurement (runs in its own subprocess): build the datasets and go through every training block."""
     from debertav3.data import Tokenizer, build_datasets
-    from debertav3.train_config import DataConfig
+    from debertav3.data.config import DataConfig
     import pyarrow.compute as pc
 
     tokenizer = Tokenizer.load(None)

@@ -22,8 +22,11 @@ import signal
 import sys
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 from typing import Callable, Optional, TypeVar
+
+from .errors import CollapseWarning, FallbackWarning, ScheduleWarning
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 128 + signal.SIGINT
@@ -51,6 +54,25 @@ def report(kind: str, message: str) -> None:
     for bar in list(progress.tqdm._instances) if progress else ():
         bar.close()
     print(f"{kind}: {one_line(message)}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def one_line_warnings():
+    """The project's own warnings (debertav3.errors) as one line `warning: message` on stderr, without Python's
+    file, line number and source line; any other warning is shown as Python shows it."""
+    original = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, (CollapseWarning, FallbackWarning, ScheduleWarning)):
+            print(f"warning: {one_line(str(message))}", file=sys.stderr if file is None else file, flush=True)
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = original
 
 
 @contextlib.contextmanager
@@ -114,7 +136,7 @@ def guarded(action: Callable[[], T], interrupted: str | Callable[[], str],
     of an `OSError`. After Ctrl-C the command is ending (`_ending`).
     """
     try:
-        with interrupts_for_this_process_only():
+        with interrupts_for_this_process_only(), one_line_warnings():
             return 0, action()
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt) or _raised_while_interrupted(exc):

@@ -1,6 +1,6 @@
-"""RTD research recipe for one CPU machine: rtd_tiny's model and settings for 4500 steps (about 18 minutes on
-2 cores at the quick start's 9k tokens/s), for comparing sharing modes and pretraining against random init
-downstream (docs/ablation.md; whether its GDES discriminator beats random init is not measured yet).
+"""RTD research recipe for one CPU machine: rtd_tiny's model and settings for 4500 steps, for comparing sharing
+modes and pretraining against random init downstream (docs/ablation.md has what it measured; wall time:
+docs/performance.md).
 
     python recipes/rtd_cpu.py [key=value ...]
     python tools/ablate.py --recipe rtd_cpu --max-steps 4500 --output runs/ablation ...

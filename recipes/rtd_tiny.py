@@ -1,4 +1,4 @@
-"""RTD pretraining of a CPU-sized DeBERTa-v3 (the quick start): about 5 minutes on 2 CPU cores.
+"""RTD pretraining of a CPU-sized DeBERTa-v3 (the quick start), sized for 2 CPU cores (wall times: docs/performance.md).
 
     python recipes/rtd_tiny.py [--config file.yaml] [key=value ...]
     accelerate launch recipes/rtd_tiny.py

@@ -7,7 +7,7 @@ train.batch_size (per process) x processes x train.gradient_accumulation_steps. 
 trains on the bundled English slice with the bundled 8k tokenizer (real DeBERTa-v3 vocabulary size is kept).
 """
 
-from debertav3.config import PRESETS
+from debertav3.model.config import PRESETS
 from debertav3.train import main
 
 RECIPE = {

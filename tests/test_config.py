@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from debertav3 import ModelConfig, generator_config, preset
-from debertav3.config import PRESETS
+from debertav3.model.config import PRESETS
 from debertav3.train import load_config
-from debertav3.train.cli import ConfigError
+from debertav3.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("rtd_*.py"))

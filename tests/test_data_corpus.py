@@ -12,7 +12,7 @@ import torch
 
 from debertav3.data import BlockStream, Masker, MaskingCollator, Tokenizer, build_datasets, pad_blocks
 from debertav3.data.corpus import BUNDLED_VALID
-from debertav3.train_config import DataConfig
+from debertav3.data.config import DataConfig
 
 LENGTH = 64  # max_seq_length in these tests: 62 ids between [CLS] and [SEP]
 # Words per document, and the blocks each gives at LENGTH 64: pieces under 8 ids are dropped.

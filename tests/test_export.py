@@ -12,10 +12,10 @@ from safetensors.torch import load_file, save_file
 
 from conftest import ROOT, SMALL_MODEL, corpus_overrides, write_corpus
 from debertav3.data import Tokenizer
-from debertav3.export import HEAD_FILE, WORD_EMBEDDINGS, export, load_discriminator, main
+from debertav3.interop.export import HEAD_FILE, WORD_EMBEDDINGS, export, load_discriminator, main
 from debertav3.train import load_config
-from debertav3.train.cli import to_yaml
-from debertav3.build import build_model
+from debertav3.train.config_io import to_yaml
+from debertav3.train.build import build_model
 from debertav3.train.loop import train
 from debertav3.train.manifest import write_manifest
 
@@ -141,7 +141,7 @@ def test_generator_runs_fill_mask_and_matches_our_head(checkpoint, tmp_path):
 
 def test_exports_initialise_continued_pretraining(checkpoint, tmp_path):
     """model.init_discriminator / init_generator read our exports back: same E_D, generator and backbone."""
-    from debertav3.hf import load_rtd_weights
+    from debertav3.interop.hf import load_rtd_weights
 
     source, original = derived_checkpoint(checkpoint, tmp_path / "ckpt")
     disc, gen = export(source, tmp_path / "disc"), export(source, tmp_path / "gen", part="generator")

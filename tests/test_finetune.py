@@ -15,7 +15,7 @@ from debertav3.finetune.cli import main
 from debertav3.finetune.config import default_data_dir
 from debertav3.finetune.data import encode_labels, label_vocabulary, read_split
 from debertav3.finetune.sift import symmetric_kl
-from debertav3.hf import config_to_hf
+from debertav3.interop.hf import config_to_hf
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

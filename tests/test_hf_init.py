@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from debertav3 import DebertaV3Model, RTDModel, generator_config, preset
-from debertav3.hf import CheckpointError, config_to_hf, load_rtd_weights
+from debertav3.errors import CheckpointError
+from debertav3.interop.hf import config_to_hf, load_rtd_weights
 
 transformers = pytest.importorskip("transformers", reason="transformers writes the reference checkpoints")
 

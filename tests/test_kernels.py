@@ -3,11 +3,13 @@
 import pytest
 import torch
 
-from debertav3.config import ModelConfig
-from debertav3.model.attention import RelativeGather, log_bucket_position, relative_index
-from debertav3.model.cpu_attention import DisentangledAttention, band_table_rows, is_band_index
-from debertav3.model.dropout import Dropout, dropout, dropout_add, keep_mask
-from debertav3.model.head_linear import MergeHeads, SplitHeads
+from debertav3.model.config import ModelConfig
+from debertav3.model.attention import log_bucket_position, relative_index
+from debertav3.model.dropout import Dropout
+from debertav3.ops.cpu_attention import DisentangledAttention, band_table_rows, is_band_index
+from debertav3.ops.dropout import keep_mask
+from debertav3.ops.head_linear import MergeHeads, SplitHeads
+from debertav3.ops.sdpa_attention import RelativeGather
 
 
 def double(*shape, seed=0):
@@ -46,6 +48,18 @@ def test_disentangled_attention_gradcheck_without_and_with_drop_mask(per_sequenc
     assert torch.autograd.gradcheck(run(keep, 0.7), (q, k, v, c2p, p2c))
     only_c2p = lambda *t: DisentangledAttention.apply(*t, None, idx, padding, 0.5, keep.clone(), 0.7)  # noqa: E731
     assert torch.autograd.gradcheck(only_c2p, (q, k, v, c2p))
+
+
+@pytest.mark.parametrize("term", ["c2p", "p2c"])
+def test_one_position_term_with_per_sequence_index_equals_unfused_composition(term):
+    """One position term read through a per-sequence index, as the enhanced mask decoder does with c2p or p2c
+    alone (non-square: fewer queries than keys). The other term is absent, i.e. zero in the composition."""
+    q, k, v, c2p, p2c, idx, padding = attention_inputs(H=2, B=2, Lq=3, Lk=7, D=4, R=9, per_sequence_index=True)
+    tables = (c2p, None) if term == "c2p" else (None, p2c)
+    ours = DisentangledAttention.apply(q, k, v, *tables, idx, padding, 0.5, None, 1.0)
+    zero_filled = [torch.zeros_like(full) if table is None else table for table, full in zip(tables, (c2p, p2c))]
+    reference = unfused_attention(q, k, v, *zero_filled, idx, padding, 0.5, None, 1.0)
+    assert torch.allclose(ours, reference, atol=1e-12)
 
 
 def test_disentangled_attention_equals_unfused_composition():
@@ -142,9 +156,10 @@ def test_relative_gather_gradcheck():
     assert torch.autograd.gradcheck(lambda t: RelativeGather.apply(t, index), (table,))
 
 
-def test_dropout_rate_scale_gradient_and_seeding():
-    """The drop rate is round(p * 2^16) / 2^16 within 5 binomial standard deviations; kept values are scaled by
-    1 / (1 - p); the gradient is the same mask and scale; the mask follows torch.manual_seed; eval is identity."""
+def test_cpu_bits_dropout_rate_scale_gradient_and_seeding():
+    """cpu_bits: the drop rate is round(p * 2^16) / 2^16 within 5 binomial standard deviations, in each of the
+    four 16-bit lanes of a word; kept values are scaled by 1 / (1 - p); the gradient is the same mask and scale;
+    the mask follows torch.manual_seed; eval is identity."""
     p, n = 0.1, 1 << 20
     torch.manual_seed(0)
     keep = keep_mask((n,), p)
@@ -157,7 +172,7 @@ def test_dropout_rate_scale_gradient_and_seeding():
     torch.manual_seed(0)
     assert torch.equal(keep_mask((n,), p), keep)
     assert not torch.equal(keep_mask((n,), p), keep)  # the next mask is a fresh draw
-    drop = Dropout(p)
+    drop = Dropout(p, "cpu_bits")
     x = torch.randn(64, 33, requires_grad=True)  # an element count that is not a multiple of 4
     torch.manual_seed(1)
     y = drop(x)
@@ -165,18 +180,19 @@ def test_dropout_rate_scale_gradient_and_seeding():
     assert torch.allclose(y[kept], x[kept] / (1 - p))
     (grad,) = torch.autograd.grad(y, x, torch.ones_like(y))
     assert torch.equal(grad, kept.float() / (1 - p))
-    assert drop.eval()(x) is x and Dropout(0.0)(x) is x
+    assert drop.eval()(x) is x and Dropout(0.0, "cpu_bits")(x) is x
 
 
-def test_dropout_add_equals_dropout_then_add_forward_and_backward():
-    """dropout_add(x, r) draws the same mask as dropout(x) under the same seed; x's gradient is that mask scaled,
-    r's passes through."""
+def test_cpu_bits_dropout_with_residual_equals_dropout_then_add_forward_and_backward():
+    """dropout(x, residual=r) draws the same mask as dropout(x) under the same seed; x's gradient is that mask
+    scaled, r's passes through."""
     x, r = torch.randn(64, 33, requires_grad=True), torch.randn(64, 33, requires_grad=True)
     grad = torch.randn(64, 33)
+    drop = Dropout(0.25, "cpu_bits")
     torch.manual_seed(3)
-    fused = dropout_add(x, r, 0.25)
+    fused = drop(x, r)
     torch.manual_seed(3)
-    reference = dropout(x, 0.25) + r
+    reference = drop(x) + r
     assert torch.allclose(fused, reference, atol=1e-6)
     for a, b in zip(torch.autograd.grad(fused, (x, r), grad), torch.autograd.grad(reference, (x, r), grad)):
         assert torch.allclose(a, b, atol=1e-6)

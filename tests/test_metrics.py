@@ -1,4 +1,4 @@
-"""debertav3.metrics against hand-computed values and scikit-learn, and the run report's formatting."""
+"""debertav3.objective.metrics against hand-computed values and scikit-learn, and the run report's formatting."""
 
 import math
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from debertav3.metrics import (binary_entropy, prior_relative_loss, roc_auc, target_counts,
+from debertav3.objective.metrics import (binary_entropy, prior_relative_loss, roc_auc, target_counts,
                                unigram_baselines)
 from debertav3.train.report import CollapseGuard, format_summary, progress_postfix
 

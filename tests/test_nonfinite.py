@@ -6,10 +6,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from debertav3.rtd import RTDModel
+from debertav3.objective.rtd import RTDModel
 from debertav3.train import load_config
 from debertav3.train.checkpoint import complete_checkpoints
-from debertav3.train.loop import UserError, train
+from debertav3.errors import UserError
+from debertav3.train.loop import train
 
 from conftest import SMALL_MODEL, write_corpus
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from debertav3 import DebertaV3Model, preset
-from debertav3.hf import config_to_hf
-from debertav3.model import LMPredictionHead, attention
+from debertav3.interop.hf import config_to_hf
+from debertav3.model import LMPredictionHead, implementations
 
 transformers = pytest.importorskip("transformers", reason="transformers (the dev extra) is the parity reference")
 
@@ -16,6 +16,8 @@ transformers = pytest.importorskip("transformers", reason="transformers (the dev
 # what remains is transformers' score scale, which it computes as a float32 tensor (relative error ~1e-7).
 TOL = 3e-5
 TOL_FP64 = 1e-6
+# The attention implementations held to transformers: the reference, what "auto" runs here, and each fast path.
+IMPLEMENTATIONS = implementations.available("attention")
 
 
 def hf_config(cfg):
@@ -30,8 +32,9 @@ def randomize_(module: torch.nn.Module, seed: int = 0) -> None:
             p.copy_(torch.randn(p.shape, generator=gen) * 0.2 + (1.0 if name.endswith("LayerNorm.weight") else 0.0))
 
 
-def paired_models(**overrides):
-    cfg = preset("tiny", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **overrides)
+def paired_models(attention_impl="auto", **overrides):
+    cfg = preset("tiny", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, attention_impl=attention_impl,
+                 **overrides)
     theirs = transformers.DebertaV2Model(hf_config(cfg)).eval()
     randomize_(theirs)
     ours = DebertaV3Model(cfg).eval()
@@ -43,9 +46,10 @@ CASES = list(itertools.product([True, False], [["c2p", "p2c"], ["c2p"], ["p2c"]]
                                ["layer_norm", "none"]))
 
 
+@pytest.mark.parametrize("attention_impl", ["eager", "auto"])
 @pytest.mark.parametrize("share_att_key,pos_att_type,position_buckets,norm_rel_ebd", CASES)
-def test_backbone_matches_transformers(share_att_key, pos_att_type, position_buckets, norm_rel_ebd):
-    cfg, ours, theirs = paired_models(share_att_key=share_att_key, pos_att_type=pos_att_type,
+def test_backbone_matches_transformers(attention_impl, share_att_key, pos_att_type, position_buckets, norm_rel_ebd):
+    cfg, ours, theirs = paired_models(attention_impl, share_att_key=share_att_key, pos_att_type=pos_att_type,
                                       position_buckets=position_buckets, norm_rel_ebd=norm_rel_ebd)
     gen = torch.Generator().manual_seed(1)
     # Lengths under position_buckets (the CPU band layout unblocked, then in two blocks of 32) and one over it,
@@ -60,14 +64,12 @@ def test_backbone_matches_transformers(share_att_key, pos_att_type, position_buc
             assert diff <= tol, f"length {length}, {dtype}: max abs diff {diff}"
 
 
-@pytest.mark.parametrize("cpu_kernel,length", [(True, 150), (True, 96), (False, 150)],
-                         ids=["cpu-kernel", "cpu-kernel-band-blocks", "sdpa-path"])
-def test_gradients_match_transformers(monkeypatch, cpu_kernel, length):
-    """Every parameter's gradient equals transformers', through the hand-written CPU attention kernel (gathered
-    position terms at 150, the band layout in three blocks at 96) and through the autograd + SDPA path that GPUs
-    take (run here on the CPU, where SDPA falls back to its math kernel)."""
-    monkeypatch.setattr(attention, "use_cpu_kernel", lambda x: cpu_kernel)
-    cfg, ours, theirs = paired_models()
+@pytest.mark.parametrize("attention_impl,length", [(name, 150) for name in IMPLEMENTATIONS] + [("cpu_fused", 96)])
+def test_gradients_match_transformers(attention_impl, length):
+    """Every parameter's gradient equals transformers', through every attention implementation: the reference,
+    the hand-written CPU kernel (cpu_fused, also what auto runs here; gathered position terms at 150, the band
+    layout in three blocks at 96) and the SDPA path that GPUs take (here on the CPU, SDPA's math kernel)."""
+    cfg, ours, theirs = paired_models(attention_impl)
     ids = torch.randint(4, cfg.vocab_size, (2, length), generator=torch.Generator().manual_seed(7))
     mask = torch.ones_like(ids)
     mask[1, length - 30:] = 0
@@ -80,8 +82,9 @@ def test_gradients_match_transformers(monkeypatch, cpu_kernel, length):
         assert (param.grad - expected).abs().max() <= 1e-4 * max(1.0, expected.abs().max().item()), name
 
 
-def test_padding_leaves_real_tokens_unchanged_and_matches_transformers():
-    cfg, ours, theirs = paired_models()
+@pytest.mark.parametrize("attention_impl", IMPLEMENTATIONS)
+def test_padding_leaves_real_tokens_unchanged_and_matches_transformers(attention_impl):
+    cfg, ours, theirs = paired_models(attention_impl)
     gen = torch.Generator().manual_seed(2)
     ids = torch.randint(4, cfg.vocab_size, (3, 50), generator=gen)
     lengths = [50, 31, 7]
@@ -136,8 +139,9 @@ def test_hf_directory_round_trip_is_exact(tmp_path):
 BF16_TOL = 0.06
 
 
-def test_bf16_forward_close_to_fp32():
-    cfg = preset("tiny", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+@pytest.mark.parametrize("attention_impl", IMPLEMENTATIONS)
+def test_bf16_forward_close_to_fp32(attention_impl):
+    cfg = preset("tiny", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, attention_impl=attention_impl)
     model = DebertaV3Model(cfg).eval()
     ids = torch.randint(4, cfg.vocab_size, (2, 128), generator=torch.Generator().manual_seed(6))
     with torch.no_grad():

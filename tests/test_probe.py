@@ -7,9 +7,10 @@ import torch
 
 from debertav3.data import Tokenizer
 from debertav3.train import load_config
-from debertav3.train.loop import UserError, train
+from debertav3.errors import UserError
+from debertav3.train.loop import train
 from debertav3.train.probe import Probe, fit_logistic_regression
-from debertav3.train_config import ProbeConfig
+from debertav3.train.config import ProbeConfig
 
 from conftest import SMALL_MODEL, corpus_overrides, write_corpus
 

@@ -145,7 +145,7 @@ def test_sampling_follows_softmax_and_skips_special_tokens():
 
 
 def test_metrics_hand_computed():
-    from debertav3.rtd import detection_metrics
+    from debertav3.objective.rtd import detection_metrics
 
     logits = torch.tensor([2.0, -1.0, 3.0, -2.0, 1.0])
     targets = torch.tensor([1.0, 1.0, 0.0, 0.0, 1.0])
@@ -158,7 +158,7 @@ def test_metrics_hand_computed():
 
 
 def test_metric_tensors_carry_auc_and_loss_vs_prior_of_the_detached_scores():
-    from debertav3.metrics import prior_relative_loss, roc_auc
+    from debertav3.objective.metrics import prior_relative_loss, roc_auc
 
     model, batch = make_model("gdes"), make_batch()
     _, mask, _, _ = batch

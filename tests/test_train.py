@@ -16,7 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from debertav3.train import load_config
 from debertav3.train.checkpoint import complete_checkpoints
 from debertav3.train.loop import train
-from debertav3.train.report import CollapseWarning
+from debertav3.errors import CollapseWarning
 
 from conftest import ROOT, SMALL_MODEL, corpus_overrides, write_corpus
 
@@ -128,7 +128,8 @@ def test_a_command_line_run_shows_the_collapse_warning_on_stderr(corpus, tmp_pat
                              "data.num_proc=1", *(f"model.{k}={v}" for k, v in SMALL_MODEL.items())],
                             capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stderr.count("CollapseWarning: step 2: eval RTD AUC") == 1, result.stderr[-3000:]
+    assert result.stderr.count("\nwarning: step 2: eval RTD AUC") == 1, result.stderr[-3000:]
+    assert "warnings.warn" not in result.stderr  # one line, without Python's source line
     assert "pretraining finished at step 4 of 4" in result.stdout
     assert "collapse guard: fired at step 2" in result.stdout
 
@@ -150,7 +151,7 @@ def test_resume_reproduces_uninterrupted_run(corpus, tmp_path):
 
 
 def test_resume_refuses_a_different_model(corpus, tmp_path):
-    from debertav3.train.loop import UserError
+    from debertav3.errors import UserError
 
     train(config(corpus, tmp_path, "train.max_steps=2"))
     with pytest.raises(UserError, match="different model"):

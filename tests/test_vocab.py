@@ -1,12 +1,15 @@
-"""The chunked vocabulary step against the plain autograd composition it replaces."""
+"""The generator's vocabulary step: the inverse-CDF draw by hand, the chunked fast path against the plain autograd
+composition it replaces, and the tied table's one gradient (ops/tied_table.py) against autograd's sum."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from debertav3 import vocab
-from debertav3.model.tied_table import TableGradient, lookup
-from debertav3.vocab import sample_tokens, vocabulary_loss
+from debertav3 import preset
+from debertav3.model.embeddings import Embeddings
+from debertav3.objective.sampling import inverse_cdf, sample_tokens
+from debertav3.ops.mlm_loss import chunked_vocabulary_loss
+from debertav3.ops.tied_table import TiedLookup
 
 SPECIALS = torch.tensor([0, 1, 2, 3])
 
@@ -22,11 +25,12 @@ def inputs(n=23, v=50, h=8):
 
 
 @pytest.mark.parametrize("temperature,loss_weight", [(1.0, 1.0), (0.7, 3.0)])
-def test_chunked_loss_gradients_and_samples_equal_the_unfused_step(monkeypatch, temperature, loss_weight):
-    """loss_weight 1 takes the path where backward skips scaling the [V, HD] gradient, 3 the one that scales it."""
-    monkeypatch.setattr(vocab, "CHUNK_BYTES", 4 * 50 * 5)  # 5 rows per chunk: 23 rows take 5 chunks
+def test_chunked_loss_gradients_and_samples_equal_the_unfused_step(temperature, loss_weight):
+    """23 rows in chunks of 5; loss_weight 1 takes the path where backward skips scaling the [V, HD] gradient, 3 the
+    one that scales it."""
     states, table, bias, targets, uniforms = inputs()
-    loss, accuracy, sampled = vocabulary_loss(states, table, bias, targets, uniforms, 40.0, temperature, SPECIALS)
+    loss, accuracy, sampled = chunked_vocabulary_loss(states, table, bias, targets, uniforms, 40.0, temperature,
+                                                      SPECIALS, chunk_bytes=4 * 50 * 5)
     got = torch.autograd.grad(loss_weight * loss, (states, table, bias))
 
     logits = states @ table.t() + bias
@@ -39,9 +43,9 @@ def test_chunked_loss_gradients_and_samples_equal_the_unfused_step(monkeypatch, 
     assert torch.equal(sampled, sample_tokens(probs, uniforms, SPECIALS))
 
 
-def test_no_sampling_without_uniforms_and_no_second_backward():
+def test_chunked_no_sampling_without_uniforms_and_no_second_backward():
     states, table, bias, targets, _ = inputs()
-    loss, _, sampled = vocabulary_loss(states, table, bias, targets, None, 23, 1.0, SPECIALS)
+    loss, _, sampled = chunked_vocabulary_loss(states, table, bias, targets, None, 23, 1.0, SPECIALS)
     assert sampled.numel() == 0
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="already backpropagated"):
@@ -64,34 +68,65 @@ def test_two_level_draw_hand_computed_across_blocks():
     short last block, and never the zero-probability tokens after the last positive one (u = 1)."""
     probs = torch.tensor([[0.125, 0.25, 0.0, 0.125, 0.0, 0.0, 0.0, 0.0, 0.5, 0.0]]).expand(6, 10)
     uniforms = torch.tensor([0.0625, 0.375, 0.5, 0.5 + 2 ** -10, 0.75, 1.0])
-    assert vocab._inverse_cdf(probs, uniforms, block=4).tolist() == [0, 1, 3, 8, 8, 8]
-    assert vocab._inverse_cdf(probs, uniforms, block=256).tolist() == [0, 1, 3, 8, 8, 8]  # one block
+    assert inverse_cdf(probs, uniforms, block=4).tolist() == [0, 1, 3, 8, 8, 8]
+    assert inverse_cdf(probs, uniforms, block=256).tolist() == [0, 1, 3, 8, 8, 8]  # one block
 
 
-def test_no_masked_rows_gives_zero_loss_and_zero_gradients():
+def test_chunked_no_masked_rows_gives_zero_loss_and_zero_gradients():
     states, table, bias, targets, uniforms = inputs(n=0)
-    loss, accuracy, sampled = vocabulary_loss(states, table, bias, targets, uniforms, 7.0, 1.0, SPECIALS)
+    loss, accuracy, sampled = chunked_vocabulary_loss(states, table, bias, targets, uniforms, 7.0, 1.0, SPECIALS)
     loss.backward()
     assert loss.item() == 0.0 and accuracy.item() == 0.0 and sampled.numel() == 0
     assert not table.grad.any() and not bias.grad.any()
 
 
-def test_tied_lookup_and_head_share_one_gradient_equal_to_autograd():
-    """The table read by a lookup (padding id and repeated ids included) and by the head: the one gradient the
-    lookup returns equals autograd's sum of F.embedding's and the head's; without the head, the lookup's alone."""
-    states_w = torch.randn(8, 8, generator=torch.Generator().manual_seed(1))
+def tied_setup():
+    """A table read by an Embeddings lookup (padding id 0 and repeated ids included) and by a tied head."""
+    embeddings = Embeddings(preset("tiny", vocab_size=50, hidden_size=8, num_attention_heads=2,
+                                   hidden_dropout_prob=0.0))
+    mixing = torch.randn(8, 8, generator=torch.Generator().manual_seed(1))
     _, table, bias, _, _ = inputs()
     ids = torch.tensor([[1, 5, 5, 0, 7, 0], [9, 0, 5, 12, 3, 2]])
-    targets = torch.tensor([5, 7, 9, 12, 40])
+    return embeddings, mixing, table, bias, ids, torch.tensor([5, 7, 9, 12, 40])
 
-    def loss_with(table_gradient):
-        x = lookup(ids, table, 0, table_gradient) if table_gradient else F.embedding(ids, table, padding_idx=0)
-        h = torch.tanh(x.view(-1, 8)[2:7] @ states_w)
-        mlm, _, _ = vocabulary_loss(h, table, bias, targets, None, 5.0, 1.0, SPECIALS, table_gradient)
-        return mlm + 0.1 * (x ** 2).sum()
 
-    expected = torch.autograd.grad(loss_with(None), table)[0]
-    got = torch.autograd.grad(loss_with(TableGradient()), table)[0]
+@pytest.mark.parametrize("vocabulary_loss", ["chunked", "plain head"])
+def test_tied_lookup_and_head_share_one_gradient_equal_to_autograd(vocabulary_loss):
+    """Inside TiedLookup the table's one gradient equals autograd's sum of F.embedding's and the head's, whichever
+    head reads it; outside, the lookup is the plain one again."""
+    embeddings, mixing, table, bias, ids, targets = tied_setup()
+
+    def head(h, head_table):
+        if vocabulary_loss == "chunked":
+            return chunked_vocabulary_loss(h, head_table, bias, targets, None, 5.0, 1.0, SPECIALS)[0]
+        return F.cross_entropy(h @ head_table.t() + bias, targets)
+
+    def loss_with(paired):
+        if paired:
+            with TiedLookup(embeddings, table) as head_table:
+                x = embeddings.lookup(ids, table)
+        else:
+            head_table, x = table, F.embedding(ids, table, padding_idx=0)
+        return head(torch.tanh(x.view(-1, 8)[2:7] @ mixing), head_table) + 0.1 * (x ** 2).sum()
+
+    expected = torch.autograd.grad(loss_with(False), table)[0]
+    got = torch.autograd.grad(loss_with(True), table)[0]
     assert torch.allclose(got, expected, atol=1e-6) and expected[0].any()  # the head reaches the padding row
-    lookup_only = torch.autograd.grad(lookup(ids, table, 0, TableGradient()).pow(2).sum(), table)[0]
+    assert "lookup" not in vars(embeddings)  # restored on exit
+
+
+def test_tied_lookup_alone_then_with_the_head_gives_autograd_gradients():
+    """The lookup backpropagated alone, then the lookup and head together (the head's gradient no longer pending
+    for a lookup that already finished): each time autograd's gradient; another table is looked up plainly."""
+    embeddings, mixing, table, bias, ids, targets = tied_setup()
+    with TiedLookup(embeddings, table) as head_table:
+        x = embeddings.lookup(ids, table)
+        assert not embeddings.lookup(ids, table.detach()).requires_grad
+    lookup_only = torch.autograd.grad(x.pow(2).sum(), table, retain_graph=True)[0]
     assert torch.equal(lookup_only, torch.autograd.grad(F.embedding(ids, table, padding_idx=0).pow(2).sum(), table)[0])
+
+    F.cross_entropy(x.view(-1, 8)[2:7] @ mixing @ head_table.t() + bias, targets).backward()
+    reference = table.detach().requires_grad_()
+    reference_x = F.embedding(ids, reference, padding_idx=0)
+    F.cross_entropy(reference_x.view(-1, 8)[2:7] @ mixing @ reference.t() + bias, targets).backward()
+    assert torch.allclose(table.grad, reference.grad, atol=1e-6)

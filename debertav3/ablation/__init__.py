@@ -6,7 +6,8 @@ metrics reduced to numbers), `claims` (the paper's claims checked), `plots`, `re
 `cli`. See docs/ablation.md.
 """
 
-from .runner import MODES, AblationError, AblationSpec, FinetuneOptions, plan
+from ..errors import AblationError
+from .runner import MODES, AblationSpec, FinetuneOptions, plan
 from .report import write_report
 
 __all__ = ["MODES", "AblationError", "AblationSpec", "FinetuneOptions", "plan", "write_report"]

@@ -1,10 +1,11 @@
 """The DeBERTaV3 paper's embedding-sharing claims, checked against an ablation's per-mode means.
 
-Paper (section 5.1, table 2; docs/reference.md "Embedding sharing"): GDES beats ES and NES downstream (MNLI-m
-89.3 vs 88.8 / 88.3 for base models) and every RTD variant beats the MLM baseline (86.3); NES converges faster than
-ES on the generator's MLM loss; the generator's embeddings stay coherent (higher average pairwise cosine
-similarity) under NES and GDES, while ES's are pulled apart by the tug of war; under NES the generator's are more
-coherent than the discriminator's. Pretrained models beating a random initialisation is the sanity check.
+Paper (section 5.1, table 2; docs/reference.md "Embedding sharing: ES, NES, GDES"): GDES beats ES and NES
+downstream (MNLI-m 89.3 vs 88.8 / 88.3 for base models) and every RTD variant beats the MLM baseline (86.3); NES
+converges faster than ES on the generator's MLM loss; the generator's embeddings stay coherent (higher average
+pairwise cosine similarity) under NES and GDES, while ES's are pulled apart by the tug of war; under NES the
+generator's are more coherent than the discriminator's. Pretrained models beating a random initialisation is
+the sanity check.
 
 A claim "holds" when the means compare the paper's way. With several seeds, a gap smaller than the larger of
 the two standard deviations is flagged as within the seed spread; with one seed there is no spread to judge by.

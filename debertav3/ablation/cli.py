@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence, TypeVar
 
 from .. import usage
-from .runner import MODES, AblationError, AblationSpec, FinetuneOptions, Interrupted, check_budget, execute, plan, \
+from ..errors import AblationError, Interrupted
+from .runner import MODES, AblationSpec, FinetuneOptions, check_budget, execute, plan, \
     validate
 
 EXIT_INTERRUPTED = 3

@@ -2,7 +2,7 @@
 
 Written from whatever has finished (a stopped ablation gets a partial report), so it can be rewritten at any
 time with `tools/ablate.py ... --report-only`. The claims checked are those of the DeBERTaV3 paper (section 5.1,
-table 2 and the embedding-similarity analysis; docs/reference.md "Embedding sharing").
+table 2 and the embedding-similarity analysis; docs/reference.md "Embedding sharing: ES, NES, GDES").
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..io_utils import atomic_write_text
+from ..errors import AblationError, Interrupted
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 SHARING = ("es", "nes", "gdes")
@@ -38,12 +39,6 @@ STAGES_FILE = "stages.json"
 BUDGET_FIELDS = ("recipe", "max_steps", "overrides", "finetune")
 
 
-class AblationError(ValueError):
-    """A mistake in the ablation's input, reported as one line."""
-
-
-class Interrupted(RuntimeError):
-    """Pretraining stopped early (SIGTERM/SIGINT, saved its checkpoint): the ablation stops and can be rerun."""
 
 
 @dataclass
@@ -127,7 +122,8 @@ def pretrain_overrides(spec: AblationSpec, run: Run) -> list[str]:
 
 def run_config(spec: AblationSpec, run: Run):
     """The validated pretraining `Config` of one run (random uses it for the architecture and the tokenizer)."""
-    from ..train.cli import ConfigError, load_config
+    from ..errors import ConfigError
+    from ..train.config_io import load_config
 
     try:
         return load_config(load_recipe(spec.recipe), None, pretrain_overrides(spec, run))
@@ -170,14 +166,14 @@ def pretrain(spec: AblationSpec, run: Run) -> None:
 
 def export_model(spec: AblationSpec, run: Run) -> None:
     """The network users would fine-tune: the discriminator (E_D folded), the MLM backbone, or a random one."""
-    from ..export import export
+    from ..interop.export import export
 
     out = run.directory / "model"
     if run.mode != "random":
         export(run.directory / "pretrain", out, "generator" if run.mode == "mlm" else "discriminator", overwrite=True)
         return
     from ..data import Tokenizer
-    from ..hf import save_backbone
+    from ..interop.hf import save_backbone
     from ..model import DebertaV3Model
 
     # The directory gives fine-tuning the architecture and tokenizer; `random_init` then draws fresh weights.

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from ..io_utils import atomic_write_text
 from .curves import read_scalars
-from .runner import AblationError, Interrupted, checkpointed_step, load_recipe
+from ..errors import AblationError, Interrupted
+from .runner import checkpointed_step, load_recipe
 
 EVAL_TAGS = {"eval/rtd_auc": "eval RTD ROC-AUC", "eval/rtd_loss_vs_prior": "eval RTD loss / prior",
              "eval/mlm_accuracy": "eval MLM accuracy"}
@@ -54,7 +55,8 @@ def run_directory(spec: SweepSpec, name: str, seed: int) -> Path:
 
 def run_config(spec: SweepSpec, name: str, seed: int):
     """The validated `Config` of one run: recipe < sweep overrides < variant < what the sweep fixes per run."""
-    from ..train.cli import ConfigError, load_config
+    from ..errors import ConfigError
+    from ..train.config_io import load_config
 
     fixed = [f"train.seed={seed}", f"train.output_dir={run_directory(spec, name, seed)}", "train.resume=auto",
              "train.progress=false"]

@@ -7,7 +7,7 @@ from typing import Sequence
 
 from ..usage import ArgumentParser, check_writable
 from .cli import guarded
-from .runner import AblationError
+from ..errors import AblationError
 from .sweep import SweepSpec, parse_variant, run_sweep
 
 

@@ -27,10 +27,11 @@ import datasets
 import numpy as np
 import torch
 
-from ..train_config import DataConfig
+from .config import DataConfig
 from ..usage import check_writable
 from . import sources, tokenizer as tokenizer_module
-from .sources import DamagedFile, iter_documents, resolve_files
+from ..errors import DamagedFile
+from .sources import iter_documents, resolve_files
 from .tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ def _file_documents(cfg: DataConfig, patterns: list[str], setting: str):
     kwargs = dict(files=list(enumerate(os.path.abspath(p) for p in files)), documents=cfg.documents,
                   text_field=cfg.text_field)
     where = f"{setting} {files}"
-    if cfg.streaming:  # no `features` when streaming: datasets would then cast every row, ~25% slower
+    if cfg.streaming:  # no `features` when streaming: datasets would then cast every row, which slows streaming
         return datasets.IterableDataset.from_generator(_generate_documents, gen_kwargs=kwargs), where
     # The cache key covers each file's size and modification time, so an edited file is read again.
     stamps = [(os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in files]

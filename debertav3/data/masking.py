@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import torch
 
-from ..rtd import IGNORE_INDEX
+from ..constants import IGNORE_INDEX, MASK_MODES
 from .corpus import pad_blocks
 from .tokenizer import Tokenizer
 
-MASK_MODES = ("all_mask", "bert")
 
 
 def _uniform(shape: tuple, generator: torch.Generator, device: torch.device) -> torch.Tensor:

@@ -19,6 +19,7 @@ from typing import IO, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from ..errors import DamagedFile
 
 logger = logging.getLogger(__name__)
 
@@ -31,9 +32,6 @@ _GLOB_CHARS = "*?["
 # (corrupt data), I/O errors, and Arrow's ArrowInvalid (a ValueError) and ArrowIOError (an OSError).
 READ_ERRORS = (OSError, EOFError, ValueError, zlib.error)
 
-
-class DamagedFile(ValueError):
-    """A corpus file that breaks off or is corrupt where `resolve_files`' look at its start could not see."""
 
 
 def file_format(path: str) -> str:

@@ -22,10 +22,10 @@ import torch
 from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
-from ..hf import CheckpointError
+from ..errors import CheckpointError
 from ..io_utils import atomic_write_text
 from ..train.optim import build_optimizer, linear_schedule
-from ..train_config import OptimConfig
+from ..train.config import OptimConfig
 from ..usage import check_writable
 from .config import FinetuneConfig
 from .data import Split, encode_labels, label_vocabulary, read_split

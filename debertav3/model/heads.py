@@ -16,10 +16,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import ModelConfig
+from .config import ModelConfig
 from .attention import activation
 from .backbone import DebertaV3Model
-from .tied_table import TableGradient
 
 
 class LMPredictionHead(nn.Module):
@@ -75,7 +74,7 @@ def enhanced_mask_decoder(backbone: DebertaV3Model, hidden_BLH: torch.Tensor, ke
     query = nn.functional.embedding(position_BM, backbone.embeddings.position_embeddings.weight) + hidden_BMH
     query_idx = rel_idx[position_BM] if rel_idx is not None else None  # [B, M, L]
     last = backbone.encoder.layer[-1]
-    keys_values = last.attention.self.keys_values(hidden_BLH)  # both passes attend to the same hidden states
+    keys_values = last.attention.keys_values(hidden_BLH)  # both passes attend to the same hidden states
     for _ in range(2):
         query = last(hidden_BLH, key_padding_mask, query, rel_embeddings, query_idx, keys_values)
     return query[batch_N, slot_N]
@@ -103,16 +102,12 @@ class MaskedLMModel(nn.Module):
             + self.lm_predictions["lm_head"].bias
 
     def masked_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, masked_BL: torch.Tensor,
-                      word_embedding_weight: torch.Tensor | None = None,
-                      table_gradient: TableGradient | None = None) -> torch.Tensor:
-        """The head's transformed states [N, HD] at the masked positions: logits = states E^T + bias.
-
-        `table_gradient`: where the caller's head will leave E's dense gradient for the input lookup to complete."""
+                      word_embedding_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """The head's transformed states [N, HD] at the masked positions: logits = states E^T + bias."""
         weight = self._table(word_embedding_weight)
         # The last layer's ordinary pass would be thrown away (the EMD re-applies it), so stop one layer early.
         states, key_padding_mask, relative = self.deberta.hidden_states(
-            input_ids, attention_mask, weight, num_layers=self.config.num_hidden_layers - 1,
-            table_gradient=table_gradient)
+            input_ids, attention_mask, weight, num_layers=self.config.num_hidden_layers - 1)
         decoded_NH = enhanced_mask_decoder(self.deberta, states[-1], key_padding_mask, relative, masked_BL)
         return self.lm_predictions["lm_head"].transform(decoded_NH)
 

@@ -1,5 +1,6 @@
 """Pretraining: `debertav3.train.main(recipe)` is what every recipe calls (see debertav3/train/cli.py)."""
 
-from .cli import load_config, main
+from .cli import main
+from .config_io import load_config
 
 __all__ = ["load_config", "main"]

@@ -2,11 +2,10 @@
 
 A training step allocates and frees the same large activations every time. glibc serves blocks above its mmap
 threshold with fresh mappings and trims the top of the heap once more than its trim threshold is free, so each step
-faults back in the memory the previous one released (about 1.5 us a 4 KiB page on this project's VM). Raising both
-thresholds (mallopt, the same as MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_) keeps that memory in the heap.
-Measured on the issue-8 model, our step alone: +5% tokens/s at seq 128 and +6% at seq 512, peak RSS 1.15 vs
-1.15 GiB and 1.43 vs 1.40 GiB. Raising only the trim threshold would be worse than nothing: it freezes glibc's
-adaptive mmap threshold at 128 KiB, and every large tensor becomes a fresh mapping.
+faults back in the memory the previous one released. Raising both thresholds (mallopt, the same as
+MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_) keeps that memory in the heap; what it gains is measured in
+docs/performance.md ("The allocator"). Raising only the trim threshold would be worse than nothing: it freezes
+glibc's adaptive mmap threshold at 128 KiB, and every large tensor becomes a fresh mapping.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ..data import Masker, pad_blocks
-from ..rtd import IGNORE_INDEX
+from ..constants import IGNORE_INDEX
 
 
 @dataclass

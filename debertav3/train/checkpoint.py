@@ -25,7 +25,7 @@ from pathlib import Path
 from safetensors import SafetensorError
 
 from ..io_utils import fsync_directory
-from .errors import UserError
+from ..errors import UserError
 from .manifest import MANIFEST_FILE, verify, write_manifest
 
 STATE_FILE = "trainer_state.json"

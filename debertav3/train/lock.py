@@ -23,7 +23,7 @@ from pathlib import Path
 
 from accelerate.utils import broadcast_object_list
 
-from .errors import UserError
+from ..errors import UserError
 
 LOCK_FILE = ".lock"
 

@@ -13,21 +13,21 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from ..build import build_model
+from .build import build_model
 from ..data import Masker, Tokenizer, build_datasets
-from ..hf import CheckpointError
-from ..metrics import prior_relative_loss, roc_auc, target_counts, unigram_baselines
-from ..rtd import IGNORE_INDEX, RTDModel, average_pairwise_cosine
-from ..train_config import Config
+from ..errors import CheckpointError, CollapseWarning, UserError
+from ..objective.metrics import prior_relative_loss, roc_auc, target_counts, unigram_baselines
+from ..constants import IGNORE_INDEX
+from ..objective.rtd import RTDModel, average_pairwise_cosine
+from .config import Config
 from .allocator import keep_freed_memory
 from .batches import BlockSource, make_micro_batch, micro_batch_seed
 from .checkpoint import save_checkpoint
-from .cli import to_yaml
-from .errors import UserError
+from .config_io import to_yaml
 from .lock import claim_output_dir
 from .optim import build_optimizer, linear_schedule
 from .probe import Probe, kept_encoder
-from .report import CollapseGuard, CollapseWarning, format_eval_line, format_summary, progress_postfix
+from .report import CollapseGuard, format_eval_line, format_summary, progress_postfix
 from .resume import RunIdentity, refuse_foreign_checkpoints, restore
 from .signals import StopRequests
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..finetune.data import encode_labels, label_vocabulary, read_split
-from ..train_config import ProbeConfig
+from .config import ProbeConfig
 
 BATCH = 64
 LBFGS_STEPS = 100

@@ -1,5 +1,5 @@
 """What a run tells its user as text: the progress bar's fields, one line per evaluation, the collapse warning and
-the end-of-run summary. Pure formatting of the metrics the loop computes (debertav3.metrics), so tests check it.
+the end-of-run summary. Pure formatting of the metrics the loop computes (debertav3.objective.metrics), so tests check it.
 
 Every figure is shown next to what a model that learned nothing scores: AUC against 0.5, RTD loss against the
 prior's (ratio 1.0), MLM accuracy against always predicting the most frequent target (the unigram baseline).
@@ -23,9 +23,6 @@ COLLAPSE_REMEDIES = (
     "replacements hard to spot)",
 )
 
-
-class CollapseWarning(UserWarning):
-    """The discriminator's eval AUC stayed below `train.collapse_auc` after `train.collapse_check_step` steps."""
 
 
 def _number(value: Optional[float], digits: int = 3) -> str:

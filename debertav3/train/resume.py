@@ -28,7 +28,7 @@ from ..data.corpus import BUNDLED_TRAIN
 from ..data.sources import resolve_files
 from .checkpoint import (CONFIG_FILE, checkpoint_dirs, checkpoint_root, read_state, remove_stale_temporaries,
                          verify_checkpoint)
-from .errors import UserError
+from ..errors import UserError
 
 # Config keys whose change alters what a saved state means: the architecture, the objective, which blocks and
 # masks step k sees. The rest (learning rate, logging, evaluation, paths) may change on resume.

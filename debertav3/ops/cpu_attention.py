@@ -1,4 +1,4 @@
-"""Disentangled attention as one autograd function for the CPU: scores, softmax, dropout and the context in place.
+"""The "cpu_fused" attention implementation: disentangled attention as one autograd function for the CPU.
 
     scores(i, j) = q_i . k_j * scale + c2p[i, idx(i, j)] + p2c[j, idx(i, j)]     (DeBERTa eq. 4, tables pre-scaled)
     probs = softmax(scores with padded keys at -inf),  context = dropout(probs) v
@@ -13,7 +13,12 @@ gradients written through strided band views instead (`band_view`), with no inde
 is multiplied only against the table rows it reaches. PyTorch's fused CPU attention cannot be used in training: it
 takes neither a bias with a gradient nor dropout.
 
-Layout: head-major, N = H * B, so that the products against the relative tables are one matrix per head.
+Layout: head-major, N = H * B, so that the products against the relative tables are one matrix per head; the query,
+key, value and output projections run as per-head products on their weights (ops/head_linear.py), so the layer's
+output comes without a merged copy of the heads. `CpuFusedAttention` ties these together behind the reference's
+interface (`debertav3.model.attention.AttentionImplementation`, tests/test_attention_impls.py) and declines, for
+the reference to run, a layer whose projections are not plain hook-free Linears. Its probability dropout is drawn
+here (`dropout.keep_mask`), whatever the model's `dropout_impl`.
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ import functools
 
 import torch
 
+from ..model import implementations
+from ..model.attention import AttentionImplementation
 from .dropout import keep_mask
+from .head_linear import direct_weight_blocker, merge_project, project_heads
 
 BAND_BLOCK = 32  # rows per block of the band layout (`band_view`)
 
@@ -36,7 +44,7 @@ class DisentangledAttention(torch.autograd.Function):
     key_padding_mask [B, Lk] is True at real tokens; keep_prob = 1 - p; keep [N, Lq, Lk] fp32 0 / 1 (0 where
     dropped), or None to draw the mask here (`dropout.keep_mask`) when keep_prob < 1, into the buffer the p2c read
     leaves free where there is one. The function takes keep's buffer over (it ends up holding the dropped-out
-    probabilities): at L = 512 each [N, L, L] tensor not allocated is about 3% of a step under glibc's defaults.
+    probabilities): one [N, Lq, Lk] tensor fewer to allocate and fault in.
     """
 
     @staticmethod
@@ -120,8 +128,8 @@ def band_table_rows(length: int, blocks: int, term: str) -> torch.Tensor:
     Block k holds rows t = 0..T-1 of the term's own axis (queries i = kT + t for c2p, keys j = kT + t for p2c),
     T = L / blocks. Its column u holds the other index o = u - (T - 1) + t, so the table row is
     i - j + L - 1 = kT + T + L - 2 - u for c2p and u - T + L - kT for p2c, for u < L + T - 1. W rounds L + T - 1 up
-    to a multiple of 16, whose products run 1.1x faster (aligned rows); the extra columns repeat an edge row and no
-    score reads them.
+    to a multiple of 16, for products on aligned rows; the extra columns repeat an edge row and no score reads
+    them.
     """
     T = length // blocks
     k, u = torch.arange(blocks)[:, None] * T, torch.arange(-(-(length + T - 1) // 16) * 16)[None, :]
@@ -134,8 +142,8 @@ def band_view(table_HKBTW: torch.Tensor, term: str) -> torch.Tensor:
     its contiguous band-layout product [H, K, B, T, W], whose block k, row t, column T - 1 - t + o holds the term
     at (kT + t, o): element (k, t, column) sits at t * W + T - 1 - t + o = t * (W - 1) + T - 1 + o, plain strides.
 
-    Reading the terms through this view replaces a gather per term (3.5x faster forward at L = 128), and with
-    K > 1 blocks the products cover W = L + T - 1 table rows per block instead of all 2L - 1 (`band_table_rows`).
+    Reading the terms through this view replaces a gather per term, and with K > 1 blocks the products cover
+    W = L + T - 1 table rows per block instead of all 2L - 1 (`band_table_rows`).
     """
     H, K, B, T, W = table_HKBTW.shape
     s_h, s_k, s_b = table_HKBTW.stride()[:3]
@@ -177,7 +185,9 @@ def _position_scores(c2p_table, p2c_table, idx, shape_HBQK, acc, device) -> tupl
         return out, None
     terms = [_read_term(t.to(acc), idx, name) for t, name in ((c2p_table, "c2p"), (p2c_table, "p2c"))
              if t is not None]
-    return (terms[0], None) if len(terms) == 1 else (terms[0].add_(terms[1]), terms[1])
+    if len(terms) == 1:  # contiguous: the scores are then built and softmaxed in place, row by row
+        return terms[0].contiguous(), None
+    return terms[0].add_(terms[1]), terms[1]
 
 
 @functools.lru_cache(maxsize=16)
@@ -195,10 +205,8 @@ def _read_term(table_HBXR: torch.Tensor, idx: torch.Tensor, term: str) -> torch.
     """c2p(i, j) = C[i, idx(i, j)] or p2c(i, j) = P[j, idx(i, j)] as [H, B, Lq, Lk].
 
     A shared [Lq, Lk] index reads the flattened table with one flat index for every (head, sequence), writing
-    [i, j] in order: for p2c, gathering row j and adding it transposed (the only form a per-sequence index allows)
-    is 1.25x slower at L = 512 and its scatter-add adjoint 1.7x slower than index_add; for c2p the flat read is
-    1.1x and its index_add 1.15x faster than gather and scatter-add along the last dimension. torch.gather with
-    the flat index broadcast over rows beats index_select on dim 1 by 1.4x at L = 512.
+    [i, j] in order, and its adjoint is an index_add; a per-sequence index (the enhanced mask decoder's) is read
+    with a gather along the last dimension (for p2c: row j, added transposed), whose adjoint is a scatter-add.
     """
     H, B, X, R = table_HBXR.shape
     Lq, Lk = idx.shape[-2:]
@@ -221,3 +229,72 @@ def _term_gradient(grad_HBQK: torch.Tensor, table_shape: torch.Size, idx: torch.
         return grad_table.scatter_add_(-1, idx.expand(grad_HBQK.shape), grad_HBQK)
     grad_KQ = grad_HBQK.transpose(-1, -2)
     return grad_table.scatter_add_(-1, idx.transpose(-1, -2).expand(grad_KQ.shape), grad_KQ)
+
+
+def against_table(x_HBLD: torch.Tensor, table_RX: torch.Tensor) -> torch.Tensor:
+    """x . table^T per head, [H, B, L, R]: one [B*L, D] x [D, R] product per head (the table's head h is columns
+    hD..(h+1)D)."""
+    H, B, L, D = x_HBLD.shape
+    table_HDR = table_RX.view(-1, H, D).permute(1, 2, 0)
+    return torch.bmm(x_HBLD.reshape(H, B * L, D), table_HDR).view(H, B, L, -1)
+
+
+def against_band(x_HBLD: torch.Tensor, table_RX: torch.Tensor, term: str) -> torch.Tensor:
+    """The band-layout product [H, K, B, T, W] of `band_view`: for each head and block of T rows, x [B*T, D]
+    against the W table rows the block reaches (`band_table_rows`), in that order."""
+    H, B, L, D = x_HBLD.shape
+    rows_KW = band_table_rows(L, band_blocks(L), term).to(x_HBLD.device)
+    K, W = rows_KW.shape
+    x_blocks = x_HBLD.view(H, B, K, L // K, D).transpose(1, 2).reshape(H * K, B * L // K, D)
+    # index_select, not indexing: its backward is an index_add rather than index_put's accumulate.
+    windows_HXD = torch.index_select(table_RX.view(-1, H, D).transpose(0, 1), 1, rows_KW.view(-1))
+    return torch.bmm(x_blocks, windows_HXD.view(H * K, W, D).transpose(1, 2)).view(H, K, B, L // K, W)
+
+
+class CpuFusedAttention(AttentionImplementation):
+    """Head-major projections (`project_heads`), position products in the band layout where the index allows it
+    (else against the whole table), `DisentangledAttention`, and the output projection on the unmerged heads."""
+
+    name = "cpu_fused"
+
+    def declines(self, attention) -> str | None:
+        attn = attention.self
+        for name, linear in (("query_proj", attn.query_proj), ("key_proj", attn.key_proj),
+                             ("value_proj", attn.value_proj), ("attention.output.dense", attention.output.dense)):
+            reason = direct_weight_blocker(name, linear)
+            if reason is not None:
+                return reason
+        return None
+
+    def keys_values(self, attention, hidden_states):
+        """Head-major [H, B, L, D] keys and values."""
+        attn = attention.self
+        return (project_heads(attn.key_proj, hidden_states, attn.num_heads),
+                project_heads(attn.value_proj, hidden_states, attn.num_heads))
+
+    def __call__(self, attention, hidden_states, key_padding_mask, query_states, rel_embeddings, rel_idx,
+                 keys_values):
+        attn = attention.self
+        queries_from = hidden_states if query_states is None else query_states
+        q_HBQD = project_heads(attn.query_proj, queries_from, attn.num_heads)
+        k_HBKD, v_HBKD = self.keys_values(attention, hidden_states) if keys_values is None else keys_values
+        H, B, Lq, D = q_HBQD.shape
+        Lk = k_HBKD.shape[2]
+        # The score scale is folded into the small tables here, instead of into [H, B, Lq, Lk] terms.
+        pos_key_RX, pos_query_RX = (None if t is None else t * attn.scale for t in attn.relative_tables(rel_embeddings))
+        table = pos_key_RX if pos_key_RX is not None else pos_query_RX
+        band = table is not None and is_band_index(rel_idx, table.shape[0])
+        products = []
+        for x_HBLD, table_RX, term in ((q_HBQD, pos_key_RX, "c2p"), (k_HBKD, pos_query_RX, "p2c")):
+            if table_RX is None:
+                products.append(None)
+            else:
+                products.append(against_band(x_HBLD, table_RX, term) if band else against_table(x_HBLD, table_RX))
+        keep_prob = 1.0 - (attn.dropout.p if attn.training else 0.0)
+        context = DisentangledAttention.apply(
+            q_HBQD.view(H * B, Lq, D), k_HBKD.view(H * B, Lk, D), v_HBKD.view(H * B, Lk, D), *products,
+            None if band else rel_idx, key_padding_mask, attn.scale, None, keep_prob)
+        return merge_project(context.view(H, B, Lq, D), attention.output.dense)
+
+
+implementations.register("attention", CpuFusedAttention.name, CpuFusedAttention())

@@ -6,7 +6,7 @@ Our module and parameter names are transformers' names, so the key map is a matt
 |-------------------------------------|------------------------------------------------|
 | `DebertaV3Model`: `embeddings.*`, `encoder.*` | `DebertaV2Model`: same; head models: `deberta.` + same |
 | generator: `lm_predictions.lm_head.*` | `DebertaV2ForMaskedLM` with `legacy: false`: same |
-| discriminator: `mask_predictions.*`   | exported to `rtd_head.safetensors` (debertav3.export): inside model.safetensors, transformers' base and sequence classes report them as unexpected |
+| discriminator: `mask_predictions.*`   | exported to `rtd_head.safetensors` (debertav3.interop.export): inside model.safetensors, transformers' base and sequence classes report them as unexpected |
 | generator: `deberta.embeddings.position_embeddings.weight` (EMD only) | ignored by transformers on load |
 
 The official checkpoints spell the RTD classifier `mask_predictions.classifer`; it is read as `classifier`.
@@ -26,12 +26,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .config import ModelConfig
-from .io_utils import atomic_directory
+from ..model.config import ModelConfig
+from ..io_utils import atomic_directory
+from ..errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 BACKBONE_PREFIX = "deberta."
-RTD_HEAD_FILE = "rtd_head.safetensors"  # the RTD head of a discriminator exported by debertav3.export
+RTD_HEAD_FILE = "rtd_head.safetensors"  # the RTD head of a discriminator exported by debertav3.interop.export
 RENAMED_KEYS = {"mask_predictions.classifer.weight": "mask_predictions.classifier.weight",
                 "mask_predictions.classifer.bias": "mask_predictions.classifier.bias"}
 # transformers' defaults for keys a config.json may omit (they differ from the v3 values we default to).
@@ -39,9 +40,6 @@ HF_DEFAULTS = dict(relative_attention=False, max_relative_positions=-1, position
                    share_att_key=False, norm_rel_ebd="none", position_biased_input=True, type_vocab_size=0,
                    hidden_act="gelu", layer_norm_eps=1e-7, pad_token_id=0, initializer_range=0.02)
 
-
-class CheckpointError(ValueError):
-    """A checkpoint directory that cannot be read as a DeBERTa-v2/v3 model (message names the file and fix)."""
 
 
 def config_from_hf(hf: dict) -> ModelConfig:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .config import generator_config
-from .hf import load_rtd_weights
-from .rtd import RTDModel
-from .train_config import Config
+from ..model.config import generator_config
+from ..interop.hf import load_rtd_weights
+from ..objective.rtd import RTDModel
+from .config import Config
 
 
 def build_model(cfg: Config, special_token_ids: Sequence[int]) -> RTDModel:

@@ -7,11 +7,38 @@ The plain route is a Linear on [N, H*D] followed by a permuted copy into [H, N, 
 projection), plus the same two copies of the gradients in backward: eight [N, H*D] passes per layer. Here each head
 is its own matrix product, so the layout change costs nothing: `x` enters every head's product through a
 stride-0 batch dimension, and the merge sums the heads' products into one output.
+
+Both read a Linear's weight and bias directly instead of calling the module, which is only the same computation
+for a plain `nn.Linear` with no hooks: `direct_weight_blocker` says when it is not.
 """
 
 from __future__ import annotations
 
 import torch
+from torch import nn
+from torch.nn.modules import module as _module
+
+_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                 "_global_backward_pre_hooks")
+
+
+def direct_weight_blocker(name: str, linear: nn.Module) -> str | None:
+    """Why reading `linear.weight` would not equal calling `linear` (one line naming `name`), or None.
+
+    It would not for a subclass or wrapper (an adapter, a parametrization: anything but `nn.Linear` itself) and
+    for a module with hooks of its own or with global module hooks (`register_module_forward_hook` and kin).
+    """
+    if type(linear) is not nn.Linear:
+        return f"{name} is a {type(linear).__name__}, not a plain nn.Linear"
+    # Spelled out rather than looped over _HOOKS: this runs for every projection of every layer call.
+    if linear._forward_hooks or linear._forward_pre_hooks or linear._backward_hooks or linear._backward_pre_hooks:
+        return f"{name} has {', '.join(kind.strip('_') for kind in _HOOKS if getattr(linear, kind))}"
+    if (_module._global_forward_hooks or _module._global_forward_pre_hooks or _module._global_backward_hooks
+            or _module._global_backward_pre_hooks):
+        registered = (kind.strip("_") for kind in _GLOBAL_HOOKS if getattr(_module, kind))
+        return f"global module hooks are registered ({', '.join(registered)})"
+    return None
 
 
 class SplitHeads(torch.autograd.Function):
@@ -73,3 +100,16 @@ class MergeHeads(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             grad_b = grad_NY.sum(0)
         return grad_c, grad_w, grad_b
+
+
+def project_heads(linear: nn.Linear, x_BLX: torch.Tensor, heads: int) -> torch.Tensor:
+    """linear(x) [B, L, H*D] as contiguous head-major [H, B, L, D], without a permuted copy (`SplitHeads`)."""
+    B, L, X = x_BLX.shape
+    split = SplitHeads.apply(x_BLX.reshape(B * L, X), linear.weight, linear.bias, heads)
+    return split.view(heads, B, L, -1)
+
+
+def merge_project(context_HBLD: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+    """linear(heads merged) [B, L, Y] of head-major context [H, B, L, D], without the merged copy (`MergeHeads`)."""
+    H, B, L, D = context_HBLD.shape
+    return MergeHeads.apply(context_HBLD.reshape(H, B * L, D), linear.weight, linear.bias).view(B, L, -1)

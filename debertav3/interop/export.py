@@ -13,7 +13,7 @@ What is written (see docs/finetune.md, "What export writes"):
   `lm_predictions.lm_head.*`) that `pipeline("fill-mask")` runs. The absolute position table that only the
   enhanced mask decoder uses is kept (transformers ignores it; our continued pretraining reads it), but
   transformers runs the plain last layer, not the EMD.
-- Both get `config.json` with every DeBERTa-specific key (`debertav3.hf.config_to_hf`) and the checkpoint's
+- Both get `config.json` with every DeBERTa-specific key (`debertav3.interop.hf.config_to_hf`) and the checkpoint's
   tokenizer files, so `AutoTokenizer` loads the directory too.
 
 A checkpoint of `objective: mlm` has no discriminator: its only network is the full-depth MLM model, which
@@ -33,17 +33,18 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .build import build_model
-from .data import Tokenizer
-from .hf import (BACKBONE_PREFIX, RTD_HEAD_FILE, CheckpointError, config_to_hf, load_weights, read_config,
+from ..train.build import build_model
+from ..data import Tokenizer
+from .hf import (BACKBONE_PREFIX, RTD_HEAD_FILE, config_to_hf, load_weights, read_config,
                  write_hf_directory)
-from .model import ReplacedTokenDetectionModel
-from .rtd import RTDModel
-from .train.checkpoint import CONFIG_FILE, STATE_FILE, complete_checkpoints, read_state, verify_checkpoint
-from .train.manifest import MANIFEST_FILE
-from .train.cli import ConfigError, load_config
-from .train_config import Config
-from .usage import ArgumentParser, check_writable, guarded
+from ..model import ReplacedTokenDetectionModel
+from ..objective.rtd import RTDModel
+from ..train.checkpoint import CONFIG_FILE, STATE_FILE, complete_checkpoints, read_state, verify_checkpoint
+from ..train.manifest import MANIFEST_FILE
+from ..train.config_io import load_config
+from ..errors import CheckpointError, ConfigError
+from ..train.config import Config
+from ..usage import ArgumentParser, check_writable, guarded
 
 PARTS = ("discriminator", "generator")
 MODEL_FILE = "model.safetensors"
@@ -180,7 +181,7 @@ def load_discriminator(path: str | os.PathLike) -> ReplacedTokenDetectionModel:
     """An exported discriminator (backbone + RTD head) as our `ReplacedTokenDetectionModel`, in eval mode.
 
     The head comes from `rtd_head.safetensors`, or from the weights file itself for released checkpoints that
-    keep `mask_predictions.*` there (microsoft/deberta-v3-*); `debertav3.hf.read_state_dict` reads both.
+    keep `mask_predictions.*` there (microsoft/deberta-v3-*); `debertav3.interop.hf.read_state_dict` reads both.
     """
     model = ReplacedTokenDetectionModel(read_config(path))
     missing = load_weights(model, path)

@@ -10,6 +10,8 @@ Token embeddings are shared in one of three ways (paper section 3), computed exp
     gdes  E_D = sg(E_G) + E_Delta, E_Delta initialised to zeros: MLM updates E_G, RTD updates only E_Delta
 
 `objective="mlm"` is the DeBERTa MLM baseline: one full-depth backbone with the EMD, no discriminator.
+The generator's vocabulary step (L_MLM, accuracy, sampling) is the `mlm_loss` implementation the generator's
+`ModelConfig.mlm_loss_impl` selects (the reference is debertav3/objective/losses.py); L_RTD is `losses.rtd_loss`.
 Shape legend: B batch, L length, N masked positions, V vocabulary.
 """
 
@@ -22,14 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
+from ..constants import IGNORE_INDEX, SHARING_MODES
+from ..model import MaskedLMModel, ReplacedTokenDetectionModel, implementations
+from ..model.config import ModelConfig
+from .losses import rtd_loss, tied_lookup
 from .metrics import prior_relative_loss, roc_auc
-from .model import MaskedLMModel, ReplacedTokenDetectionModel
-from .model.tied_table import TableGradient
-from .vocab import sample_tokens, vocabulary_loss
-
-SHARING_MODES = ("es", "nes", "gdes")
-IGNORE_INDEX = -100  # transformers' label for positions without a loss
+from .sampling import sample_tokens
 
 
 @dataclass
@@ -44,7 +44,7 @@ class RTDOutput:
     replaced_fraction: Optional[torch.Tensor] = None
     precision: Optional[torch.Tensor] = None  # of the "replaced" class
     recall: Optional[torch.Tensor] = None
-    rtd_auc: Optional[torch.Tensor] = None  # ROC-AUC of the "replaced" scores (debertav3.metrics.roc_auc)
+    rtd_auc: Optional[torch.Tensor] = None  # ROC-AUC of the "replaced" scores (debertav3.objective.metrics.roc_auc)
     rtd_loss_vs_prior: Optional[torch.Tensor] = None  # BCE / H(replaced fraction); 1.0 = learned nothing
     discriminator_input_ids: Optional[torch.Tensor] = None
     rtd_labels: Optional[torch.Tensor] = None
@@ -93,9 +93,9 @@ class RTDModel(nn.Module):
             self.discriminator = ReplacedTokenDetectionModel(discriminator_config, own_word_embeddings=not shared)
             if embedding_sharing == "gdes":
                 self.embedding_delta = nn.Parameter(torch.zeros_like(self.generator_embedding))
-            # Under es the discriminator's lookup gradient reaches the shared table first in backward, then the
-            # generator's one dense gradient (model/tied_table.py): autograd adds the rows into that in place, one
-            # [V, HD] zero fill and add fewer than a dense lookup gradient.
+            # Under es the discriminator's lookup gradient reaches the shared table first in backward; as rows only
+            # (sparse), autograd adds them in place into the generator's dense gradient when that arrives, with no
+            # [V, HD] zero fill of their own.
             self.discriminator.deberta.embeddings.sparse_gradient = embedding_sharing == "es"
             if embedding_sharing == "es":  # L_RTD backpropagated alone leaves rows only: the optimizer wants dense
                 self.generator_embedding.register_post_accumulate_grad_hook(_densify_gradient)
@@ -128,13 +128,14 @@ class RTDModel(nn.Module):
         num_masked, num_tokens = denominators or (targets_N.numel(), real_BL.sum())
         if uniforms is None and self.objective == "rtd":
             uniforms = 1.0 - torch.rand(targets_N.shape, generator=generator, device=targets_N.device)
-        # E_G's lookup and tied head share one dense gradient (model/tied_table.py); torch.compile traces neither.
-        table_gradient = None if torch.compiler.is_compiling() else TableGradient()
-        states_NH = self.generator.masked_states(input_ids, attention_mask, masked_BL, self.generator_embedding,
-                                                 table_gradient)
-        mlm_loss, mlm_accuracy, sampled_N = vocabulary_loss(
-            states_NH, self.generator_embedding, self.generator.lm_predictions["lm_head"].bias, targets_N, uniforms,
-            num_masked, self.temperature, self.special_token_ids, table_gradient)
+        vocabulary_loss = implementations.resolve("mlm_loss", self.generator.config.mlm_loss_impl,
+                                                  input_ids.device.type)
+        table = self.generator_embedding
+        with tied_lookup(vocabulary_loss, self.generator.deberta.embeddings, table) as head_table:
+            states_NH = self.generator.masked_states(input_ids, attention_mask, masked_BL, table)
+            mlm_loss, mlm_accuracy, sampled_N = vocabulary_loss(
+                states_NH, head_table, self.generator.lm_predictions["lm_head"].bias, targets_N, uniforms,
+                num_masked, self.temperature, self.special_token_ids)
         if self.objective == "mlm":
             return RTDOutput(loss=mlm_loss, mlm_loss=mlm_loss, mlm_accuracy=mlm_accuracy)
 
@@ -144,18 +145,17 @@ class RTDModel(nn.Module):
         rtd_labels = (discriminator_input != original_BL) & real_BL
         rtd_logits_BL = self.discriminator(discriminator_input, attention_mask, self.discriminator_embedding())
         rtd_logits, rtd_targets = rtd_logits_BL[real_BL].float(), rtd_labels[real_BL].float()
-        # BCE averaged over all non-pad tokens, [CLS] and [SEP] included (official code).
-        rtd_loss = F.binary_cross_entropy_with_logits(rtd_logits, rtd_targets, reduction="sum") / num_tokens
-        return RTDOutput(loss=mlm_loss + self.rtd_weight * rtd_loss, mlm_loss=mlm_loss, mlm_accuracy=mlm_accuracy,
-                         rtd_loss=rtd_loss, discriminator_input_ids=discriminator_input, rtd_labels=rtd_labels,
+        detection_loss = rtd_loss(rtd_logits, rtd_targets, num_tokens)
+        return RTDOutput(loss=mlm_loss + self.rtd_weight * detection_loss, mlm_loss=mlm_loss,
+                         mlm_accuracy=mlm_accuracy, rtd_loss=detection_loss,
+                         discriminator_input_ids=discriminator_input, rtd_labels=rtd_labels,
                          rtd_logits=rtd_logits.detach(), rtd_targets=rtd_targets,
                          **detection_metrics(rtd_logits.detach(), rtd_targets))
 
     @torch.no_grad()
     def sample(self, logits_NV: torch.Tensor, uniforms_N: torch.Tensor) -> torch.Tensor:
-        """Replacements ~ softmax(logits / temperature), special tokens excluded, no gradient (`sample_tokens`).
-
-        `forward` draws the same way, chunk by chunk, inside `vocabulary_loss`."""
+        """Replacements ~ softmax(logits / temperature), special tokens excluded, no gradient (`sample_tokens`,
+        as every `mlm_loss` implementation draws in `forward`)."""
         return sample_tokens(torch.softmax(logits_NV.float() / self.temperature, -1), uniforms_N,
                              self.special_token_ids)
 
@@ -172,7 +172,7 @@ def to_floats(tensors: dict[str, torch.Tensor]) -> dict[str, float]:
 
 def detection_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
     """Accuracy, replaced fraction, precision / recall of the "replaced" class (0 where undefined), and the two
-    measures a constant answer cannot game: ROC-AUC (0.5) and BCE / H(replaced fraction) (1.0, debertav3.metrics).
+    measures a constant answer cannot game: ROC-AUC (0.5) and BCE / H(replaced fraction) (1.0, debertav3.objective.metrics).
     One sort of the batch's scores, no host sync."""
     predicted = logits > 0
     actual = targets > 0.5

@@ -1,10 +1,10 @@
 """Typed configuration: the model schema (DebertaV2Config field names) and its presets.
 
 `ModelConfig` mirrors the fields of transformers' `DebertaV2Config` that the DeBERTa-v3 network uses, so a
-config.json moves between us and Hugging Face by copying keys (see `debertav3.hf`). Every value is checked in
+config.json moves between us and Hugging Face by copying keys (see `debertav3.interop.hf`). Every value is checked in
 `__post_init__` and a bad one raises a one-line `ValueError` that names the field and the fix.
 
-The training schema (data, optimiser, trainer sections) lives in `debertav3.train_config` so that the model
+The training schema (data, optimiser, trainer sections) lives in `debertav3.train.config` so that the model
 package stays importable on its own.
 """
 
@@ -14,6 +14,8 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
+
+from .implementations import CONFIG_KEYS, check_name
 
 POSITION_TERMS = ("c2p", "p2c")
 ACTIVATIONS = ("gelu", "relu", "gelu_new", "silu", "tanh")
@@ -70,6 +72,11 @@ class ModelConfig:
     norm_rel_ebd: str = "layer_norm"
     position_biased_input: bool = False
     pad_token_id: int = 0
+    # Which implementation runs each swappable piece (debertav3/model/implementations.py): the same network
+    # either way, so these are left out of config.json.
+    attention_impl: str = "auto"
+    mlm_loss_impl: str = "auto"
+    dropout_impl: str = "auto"
 
     def __post_init__(self) -> None:
         if isinstance(self.pos_att_type, str):  # HF also accepts "p2c|c2p"
@@ -98,6 +105,8 @@ class ModelConfig:
             raise ValueError(f"model.pad_token_id {self.pad_token_id} is outside the vocabulary (size {self.vocab_size})")
         check_number("model.layer_norm_eps", self.layer_norm_eps, "> 0")
         check_number("model.initializer_range", self.initializer_range, "> 0")
+        for kind, key in CONFIG_KEYS.items():
+            check_name(kind, getattr(self, key))
 
     @property
     def head_size(self) -> int:
@@ -114,7 +123,8 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The architecture's fields (what config.json holds): every field but the implementation choices."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in CONFIG_KEYS.values()}
 
 
 # Released deberta-v3 sizes (docs/reference.md, table "size"); everything else takes the defaults above.

@@ -1,0 +1,59 @@
+"""The input embeddings of DeBERTa-v2/v3 (transformers' `DebertaV2Embeddings`, same module and parameter names).
+
+Shape legend: B batch, L length, HD hidden size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .dropout import Dropout
+from .config import ModelConfig
+
+
+class Embeddings(nn.Module):
+    """LayerNorm(word_embeddings(ids) [+ absolute positions]) * mask, then dropout (DeBERTa-v2 embeddings).
+
+    `word_embeddings` may be None when the owner supplies the table in forward (GDES: E_D = sg(E_G) + E_Delta).
+    `position_embeddings` exists when the input is position-biased or when the enhanced mask decoder needs
+    absolute positions (generator); only in the first case are they added here.
+
+    `sparse_gradient` (set by an owner that knows the table receives a dense gradient later in backward, such as
+    the tied MLM head's) makes the lookup's gradient the looked-up rows only, on CPU: autograd adds it into the
+    dense one in place, where a dense lookup gradient would zero-fill and add a whole [V, HD] table. `lookup` is
+    the word lookup `forward` calls; an owner may replace it for one forward pass (ops/tied_table.py).
+    """
+
+    def __init__(self, config: ModelConfig, own_word_embeddings: bool = True, absolute_positions: bool = False):
+        super().__init__()
+        self.pad_token_id = config.pad_token_id
+        self.word_embeddings = (nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+                                if own_word_embeddings else None)
+        self.position_biased_input = config.position_biased_input
+        self.position_embeddings = (nn.Embedding(config.max_position_embeddings, config.hidden_size)
+                                    if config.position_biased_input or absolute_positions else None)
+        self.token_type_embeddings = (nn.Embedding(config.type_vocab_size, config.hidden_size)
+                                      if config.type_vocab_size > 0 else None)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = Dropout(config.hidden_dropout_prob, config.dropout_impl)
+        self.sparse_gradient = False
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                word_embedding_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """`word_embedding_weight`: the table to look the ids up in, when the owner supplies it (default: own)."""
+        weight = self.word_embeddings.weight if word_embedding_weight is None else word_embedding_weight
+        x = self.lookup(input_ids, weight)
+        if self.position_biased_input:
+            x = x + self.position_embeddings.weight[: input_ids.shape[1]]
+        if self.token_type_embeddings is not None:  # token types are all zero in pretraining
+            x = x + self.token_type_embeddings.weight[0]
+        x = self.LayerNorm(x) * attention_mask.unsqueeze(-1).to(x.dtype)
+        return self.dropout(x)
+
+    def lookup(self, input_ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The rows of `weight` at `input_ids` (F.embedding); the padding row receives no gradient."""
+        # Not under torch.compile, whose backward takes dense gradients only.
+        sparse = self.sparse_gradient and weight.device.type == "cpu" and not torch.compiler.is_compiling()
+        return F.embedding(input_ids, weight, padding_idx=self.pad_token_id, sparse=sparse)
