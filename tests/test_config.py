@@ -101,3 +101,13 @@ def test_command_line_error_is_one_line_and_nonzero():
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "train.nope" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_schema_and_the_model_import_without_the_data_pipeline():
+    """The model, the objective and the training schema do not import `datasets` (a heavy import that costs every
+    process that only builds or benchmarks a model about 90 MB of RSS); the data pipeline imports it on use."""
+    code = ("import sys; import debertav3, debertav3.train.config, debertav3.train.optim; "
+            "assert 'datasets' not in sys.modules, 'imported datasets'; "
+            "from debertav3.data import build_datasets; assert 'datasets' in sys.modules")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
