@@ -147,6 +147,11 @@ class DisentangledSelfAttention(nn.Module):
             pos_query = (self.query_proj if self.share_att_key else self.pos_query_proj)(rel)
         return pos_key, pos_query
 
+    def scaled_relative_tables(self, rel_embeddings: torch.Tensor | None):
+        """`relative_tables` times the score scale: fast paths fold the scale into these small [R, HD] tables
+        instead of applying it to [B, H, Lq, Lk] terms."""
+        return tuple(None if t is None else t * self.scale for t in self.relative_tables(rel_embeddings))
+
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         """[..., L, HD] -> [..., H, L, D] (a view): head h is columns hD..(h+1)D."""
         return x.unflatten(-1, (self.num_heads, self.head_size)).transpose(-3, -2)

@@ -280,8 +280,7 @@ class CpuFusedAttention(AttentionImplementation):
         k_HBKD, v_HBKD = self.keys_values(attention, hidden_states) if keys_values is None else keys_values
         H, B, Lq, D = q_HBQD.shape
         Lk = k_HBKD.shape[2]
-        # The score scale is folded into the small tables here, instead of into [H, B, Lq, Lk] terms.
-        pos_key_RX, pos_query_RX = (None if t is None else t * attn.scale for t in attn.relative_tables(rel_embeddings))
+        pos_key_RX, pos_query_RX = attn.scaled_relative_tables(rel_embeddings)
         table = pos_key_RX if pos_key_RX is not None else pos_query_RX
         band = table is not None and is_band_index(rel_idx, table.shape[0])
         products = []

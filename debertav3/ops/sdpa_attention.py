@@ -46,8 +46,7 @@ class SdpaAttention(AttentionImplementation):
         k_BKX, v_BKX = attn.keys_values(hidden_states) if keys_values is None else keys_values
         q_BHQD, k_BHKD, v_BHKD = attn.split_heads(q_BQX), attn.split_heads(k_BKX), attn.split_heads(v_BKX)
         B, H, Lq, Lk = q_BHQD.shape[0], attn.num_heads, q_BHQD.shape[2], k_BHKD.shape[2]
-        # The score scale is folded into the small tables here, instead of into [B, H, Lq, Lk] terms.
-        pos_key_RX, pos_query_RX = (None if t is None else t * attn.scale for t in attn.relative_tables(rel_embeddings))
+        pos_key_RX, pos_query_RX = attn.scaled_relative_tables(rel_embeddings)
         bias = q_BQX.new_zeros(1, dtype=torch.float32)
         if rel_idx is not None:
             rel_idx = rel_idx.unsqueeze(-3)  # [1 or B, 1, Lq, Lk]
