@@ -166,6 +166,19 @@ def test_mlm_checkpoint_exports_its_network_as_the_generator(checkpoint, tmp_pat
     assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 2  # full depth
 
 
+def test_narrow_generator_run_exports_its_discriminator_and_refuses_the_generator(checkpoint, tmp_path, capsys):
+    source, model = derived_checkpoint(checkpoint, tmp_path / "narrow", **{"model.generator_hidden_size": 32})
+    assert model.generator.config.hidden_size == 32
+    disc = load_discriminator(export(source, tmp_path / "disc")).eval()
+    ids, mask = batch()
+    with torch.no_grad():
+        assert (disc(ids, mask) - model.discriminator(ids, mask, model.discriminator_embedding())).abs().max() <= TOL
+    assert main([str(source), str(tmp_path / "gen"), "--part", "generator"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "export the discriminator" in err and "\n" not in err
+    assert not (tmp_path / "gen").exists()
+
+
 def broken(checkpoint: Path, tmp_path: Path, problem: str) -> Path:
     target = tmp_path / problem
     if problem == "vocabulary":  # a tokenizer with more ids than the embedding table has rows

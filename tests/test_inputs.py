@@ -82,6 +82,8 @@ PRETRAIN = {
     "initializer_range inf": (["model.initializer_range=inf"], "model.initializer_range must be a finite number"),
     "no validation blocks": (["data.max_valid_blocks=0"], "data.max_valid_blocks must be positive, got 0"),
     "zero generator layers": (["model.generator_layers=0"], "model.generator_layers must be positive"),
+    "generator wider than the discriminator": (["model.generator_hidden_size=4096"],
+                                               "model.generator_hidden_size must be in [1, model.hidden_size"),
     "negative seed": (["train.seed=-1"], "train.seed must be in [0, 2^32), got -1"),
     "override that is not YAML": (["data.train_files=[a.txt"], "its value is not valid YAML"),
     "YAML syntax error": (["--config", "{files}/syntax.yaml"], "is not valid YAML at line 3, column 1"),

@@ -113,10 +113,11 @@ def test_fast_path_without_uniforms_draws_nothing(name):
         assert sampled.shape == (0,) and sampled.dtype == torch.long and loss.item() > 0
 
 
-def make_pair(sharing, name, seed=0):
+def make_pair(sharing, name, seed=0, generator_width=None):
     torch.manual_seed(seed)
     disc = preset("tiny", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, mlm_loss_impl=name)
-    return RTDModel(generator_config(disc), disc, embedding_sharing=sharing, special_token_ids=SPECIALS)
+    return RTDModel(generator_config(disc, hidden_size=generator_width), disc, embedding_sharing=sharing,
+                    special_token_ids=SPECIALS)
 
 
 def make_batch(seed=0, batch=4, length=32):
@@ -140,9 +141,11 @@ def gradients(model, loss_name, batch):
 
 @pytest.mark.parametrize("name", FAST_PATHS)
 @pytest.mark.parametrize("sharing", ["es", "nes", "gdes"])
-def test_rtd_model_gradients_equal_between_reference_and_fast_path(name, sharing):
+@pytest.mark.parametrize("generator_width", [None, 32])  # 32: a generator narrower than the shared table
+def test_rtd_model_gradients_equal_between_reference_and_fast_path(name, sharing, generator_width):
     batch = make_batch()
-    reference, fast = make_pair(sharing, implementations.REFERENCE), make_pair(sharing, name)
+    reference = make_pair(sharing, implementations.REFERENCE, generator_width=generator_width)
+    fast = make_pair(sharing, name, generator_width=generator_width)
     ref_out, ref_grads = gradients(reference, "loss", batch)
     out, grads = gradients(fast, "loss", batch)
     assert torch.equal(out.discriminator_input_ids, ref_out.discriminator_input_ids)

@@ -119,6 +119,40 @@ def test_mlm_head_matches_transformers_masked_lm():
     assert (ours - reference).abs().max() <= TOL
 
 
+def test_narrow_network_on_wider_embeddings_matches_transformers():
+    """embedding_size != hidden_size (ELECTRA's smaller generator on the shared table): the embeddings' embed_proj
+    against DebertaV2Model, and the MLM head, which maps back to the embedding width, against transformers' legacy
+    head (its non-legacy head has no such map), on every logit and every gradient."""
+    cfg = preset("tiny", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, embedding_size=96)
+    hf_cfg = transformers.DebertaV2Config(**config_to_hf(cfg, ["DebertaV2ForMaskedLM"], legacy=True))
+    theirs = transformers.DebertaV2ForMaskedLM(hf_cfg).eval()
+    randomize_(theirs, seed=7)
+    state = theirs.state_dict()
+    backbone = DebertaV3Model(cfg).eval()
+    backbone.load_state_dict({k[len("deberta."):]: v for k, v in state.items() if k.startswith("deberta.")},
+                             strict=True)
+    head = LMPredictionHead(cfg).eval()
+    legacy = "cls.predictions."
+    head.load_state_dict({"dense.weight": state[legacy + "transform.dense.weight"],
+                          "dense.bias": state[legacy + "transform.dense.bias"],
+                          "LayerNorm.weight": state[legacy + "transform.LayerNorm.weight"],
+                          "LayerNorm.bias": state[legacy + "transform.LayerNorm.bias"],
+                          "bias": state[legacy + "bias"]}, strict=True)
+    ids = torch.randint(4, cfg.vocab_size, (2, 40), generator=torch.Generator().manual_seed(8))
+    table = backbone.embeddings.word_embeddings.weight
+    assert table.shape == (cfg.vocab_size, 96) and backbone.embeddings.embed_proj.weight.shape == (64, 96)
+    ours = head(backbone(ids), table)
+    reference = theirs(ids).logits
+    assert (ours - reference).abs().max() <= TOL
+    weights = torch.randn(ours.shape, generator=torch.Generator().manual_seed(9))
+    (ours * weights).sum().backward()
+    (reference * weights).sum().backward()
+    pairs = [(p.grad, dict(theirs.named_parameters())["deberta." + k].grad) for k, p in backbone.named_parameters()]
+    pairs.append((head.dense.weight.grad, theirs.cls.predictions.transform.dense.weight.grad))
+    for mine, reference in pairs:  # gradients reach ~100 here: fp32 rounding relative to their scale
+        assert (mine - reference).abs().max() <= TOL * reference.abs().max().clamp(min=1)
+
+
 def test_hf_directory_round_trip_is_exact(tmp_path):
     cfg, _, theirs = paired_models()
     theirs.save_pretrained(tmp_path / "hf")

@@ -11,11 +11,11 @@ MASK_ID = 999
 SPECIALS = (0, 1, 2, 3, MASK_ID)
 
 
-def make_model(sharing="gdes", rtd_weight=50.0, seed=0, **kwargs):
+def make_model(sharing="gdes", rtd_weight=50.0, seed=0, generator_width=None, **kwargs):
     torch.manual_seed(seed)
     disc = preset("tiny", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    return RTDModel(generator_config(disc), disc, embedding_sharing=sharing, rtd_weight=rtd_weight,
-                    special_token_ids=SPECIALS, **kwargs)
+    return RTDModel(generator_config(disc, hidden_size=generator_width), disc, embedding_sharing=sharing,
+                    rtd_weight=rtd_weight, special_token_ids=SPECIALS, **kwargs)
 
 
 def make_batch(seed=0, batch=4, length=32, pad_last=10):
@@ -46,8 +46,9 @@ def is_zero(grad):
     return grad is None or not grad.any()
 
 
-def test_gdes_delta_starts_at_zero_and_rtd_never_reaches_generator_embedding():
-    model, batch = make_model("gdes"), make_batch()
+@pytest.mark.parametrize("generator_width", [None, 32])  # 32: ELECTRA's narrower generator on the same table
+def test_gdes_delta_starts_at_zero_and_rtd_never_reaches_generator_embedding(generator_width):
+    model, batch = make_model("gdes", generator_width=generator_width), make_batch()
     assert model.embedding_delta is not None and not model.embedding_delta.any()
     grads_of(model, "rtd_loss", batch)
     assert is_zero(model.generator_embedding.grad)
@@ -185,17 +186,28 @@ def test_mlm_objective_has_no_discriminator():
     assert out.rtd_logits is None and "rtd_auc" not in out.metric_tensors()
 
 
+def test_narrow_generator_reads_the_shared_table_through_a_projection():
+    model = make_model("es", generator_width=32)
+    assert model.generator.config.hidden_size == 32 and model.generator.config.embedding_size == 64
+    assert model.generator_embedding.shape == model.discriminator_embedding().shape == (1000, 64)
+    assert model.generator.deberta.embeddings.embed_proj.weight.shape == (32, 64)
+    assert model.generator.lm_predictions["lm_head"].dense.weight.shape == (64, 32)
+    assert make_model("gdes").generator.deberta.embeddings.embed_proj is None  # same width: no projection
+
+
 def test_sharing_modes_reject_mismatched_widths():
     disc = preset("tiny")
+    own_width = generator_config(disc, hidden_size=32).replace(embedding_size=None)  # a 32-wide table of its own
     with pytest.raises(ValueError, match="nes"):
-        RTDModel(generator_config(disc, hidden_size=32), disc, embedding_sharing="gdes")
+        RTDModel(own_width, disc, embedding_sharing="gdes")
+    RTDModel(own_width, disc, embedding_sharing="nes")  # separate tables may differ
     with pytest.raises(ValueError, match="embedding_sharing"):
         RTDModel(generator_config(disc), disc, embedding_sharing="tied")
 
 
-@pytest.mark.parametrize("sharing", ["es", "nes", "gdes"])
-def test_overfits_one_batch(sharing):
-    model, batch = make_model(sharing), make_batch(batch=8, length=48)
+@pytest.mark.parametrize("sharing,generator_width", [("es", None), ("nes", None), ("gdes", None), ("gdes", 32)])
+def test_overfits_one_batch(sharing, generator_width):
+    model, batch = make_model(sharing, generator_width=generator_width), make_batch(batch=8, length=48)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     history = []
     for step in range(200):

@@ -164,6 +164,10 @@ def export(checkpoint: str | os.PathLike, out: str | os.PathLike, part: str = "d
     tokenizer_files = {p.name: p for p in sorted((checkpoint / TOKENIZER_DIR).iterdir()) if p.is_file()}
     origin = {"debertav3_export": provenance(checkpoint, cfg, part)}
     if part == "generator":
+        if model.generator.config.embedding_width != model.generator.config.hidden_size:
+            raise CheckpointError(f"{checkpoint}'s generator is narrower than its word embeddings "
+                                  "(model.generator_hidden_size), which transformers' DebertaV2ForMaskedLM "
+                                  "(legacy: false) cannot hold; export the discriminator")
         config = config_to_hf(model.generator.config, ["DebertaV2ForMaskedLM"], **origin)
         write_hf_directory(out, config, model.generator.state_dict(), tokenizer_files)
         return out

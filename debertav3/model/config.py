@@ -14,6 +14,7 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
+from typing import Optional
 
 from .implementations import CONFIG_KEYS, check_name
 
@@ -72,6 +73,10 @@ class ModelConfig:
     norm_rel_ebd: str = "layer_norm"
     position_biased_input: bool = False
     pad_token_id: int = 0
+    # Width of the word embeddings when it differs from hidden_size (transformers' name): a linear map without bias,
+    # `embed_proj`, takes them to hidden_size, and the MLM head maps back (ELECTRA's narrower generator reading the
+    # discriminator-wide shared table). None: hidden_size, no projection.
+    embedding_size: Optional[int] = None
     # Which implementation runs each swappable piece (debertav3/model/implementations.py): the same network
     # either way, so these are left out of config.json.
     attention_impl: str = "auto"
@@ -87,6 +92,11 @@ class ModelConfig:
     def validate(self) -> None:
         check_positive("model", self, ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                                        "intermediate_size", "max_position_embeddings"))
+        if self.embedding_size is not None:
+            check_positive("model", self, ("embedding_size",))
+            if self.embedding_size != self.hidden_size and self.position_biased_input:
+                raise ValueError("model.embedding_size differs from model.hidden_size, which needs "
+                                 "model.position_biased_input=false (the DeBERTa-v3 setting)")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"model.hidden_size ({self.hidden_size}) must be divisible by "
                              f"model.num_attention_heads ({self.num_attention_heads})")
@@ -109,6 +119,11 @@ class ModelConfig:
             check_name(kind, getattr(self, key))
 
     @property
+    def embedding_width(self) -> int:
+        """The word embeddings' width: `embedding_size`, or hidden_size when that is None."""
+        return self.embedding_size if self.embedding_size is not None else self.hidden_size
+
+    @property
     def head_size(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
@@ -123,8 +138,10 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        """The architecture's fields (what config.json holds): every field but the implementation choices."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in CONFIG_KEYS.values()}
+        """The architecture's fields (what config.json holds): every field but the implementation choices, and
+        `embedding_size` only when set (transformers reads a missing one as hidden_size, a null one as an error)."""
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if k not in CONFIG_KEYS.values() and not (k == "embedding_size" and v is None)}
 
 
 # Released deberta-v3 sizes (docs/reference.md, table "size"); everything else takes the defaults above.
@@ -150,8 +167,10 @@ def generator_config(discriminator: ModelConfig, num_hidden_layers: int | None =
                      hidden_size: int | None = None) -> ModelConfig:
     """The generator's config: the discriminator's width and half its depth (DeBERTaV3 paper, official rtd_*.json).
 
-    `hidden_size` may differ from the discriminator's only for NES (ES and GDES share one embedding table);
-    intermediate size and heads scale with it.
+    A narrower `hidden_size` gives ELECTRA's smaller generator (ELECTRA section 3.2: a quarter to a half of the
+    discriminator's width works best): its word embeddings keep the discriminator's width, so that ES and GDES
+    still share one table, and `embed_proj` / the MLM head map between the two widths. Intermediate size and
+    heads scale with the width.
     """
     layers = num_hidden_layers if num_hidden_layers is not None else max(1, discriminator.num_hidden_layers // 2)
     if layers < 1:
@@ -159,5 +178,7 @@ def generator_config(discriminator: ModelConfig, num_hidden_layers: int | None =
     width = hidden_size if hidden_size is not None else discriminator.hidden_size
     ratio = width / discriminator.hidden_size
     heads = max(1, round(discriminator.num_attention_heads * ratio))
+    embedding = discriminator.embedding_width
     return discriminator.replace(num_hidden_layers=layers, hidden_size=width, num_attention_heads=heads,
-                                 intermediate_size=int(discriminator.intermediate_size * ratio))
+                                 intermediate_size=int(discriminator.intermediate_size * ratio),
+                                 embedding_size=None if embedding == width else embedding)

@@ -14,7 +14,8 @@ from .config import ModelConfig
 
 
 class Embeddings(nn.Module):
-    """LayerNorm(word_embeddings(ids) [+ absolute positions]) * mask, then dropout (DeBERTa-v2 embeddings).
+    """LayerNorm(embed_proj(word_embeddings(ids) [+ absolute positions])) * mask, then dropout (DeBERTa-v2
+    embeddings; `embed_proj` only when `config.embedding_size` differs from hidden_size).
 
     `word_embeddings` may be None when the owner supplies the table in forward (GDES: E_D = sg(E_G) + E_Delta).
     `position_embeddings` exists when the input is position-biased or when the enhanced mask decoder needs
@@ -29,13 +30,17 @@ class Embeddings(nn.Module):
     def __init__(self, config: ModelConfig, own_word_embeddings: bool = True, absolute_positions: bool = False):
         super().__init__()
         self.pad_token_id = config.pad_token_id
-        self.word_embeddings = (nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        width = config.embedding_width
+        self.word_embeddings = (nn.Embedding(config.vocab_size, width, padding_idx=config.pad_token_id)
                                 if own_word_embeddings else None)
         self.position_biased_input = config.position_biased_input
+        # Added to the input they are as wide as the words; the EMD alone adds them to hidden states (the config
+        # allows a different embedding width only without position-biased input).
         self.position_embeddings = (nn.Embedding(config.max_position_embeddings, config.hidden_size)
                                     if config.position_biased_input or absolute_positions else None)
-        self.token_type_embeddings = (nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.token_type_embeddings = (nn.Embedding(config.type_vocab_size, width)
                                       if config.type_vocab_size > 0 else None)
+        self.embed_proj = nn.Linear(width, config.hidden_size, bias=False) if width != config.hidden_size else None
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = Dropout(config.hidden_dropout_prob, config.dropout_impl)
         self.sparse_gradient = False
@@ -49,6 +54,8 @@ class Embeddings(nn.Module):
             x = x + self.position_embeddings.weight[: input_ids.shape[1]]
         if self.token_type_embeddings is not None:  # token types are all zero in pretraining
             x = x + self.token_type_embeddings.weight[0]
+        if self.embed_proj is not None:
+            x = self.embed_proj(x)
         x = self.LayerNorm(x) * attention_mask.unsqueeze(-1).to(x.dtype)
         return self.dropout(x)
 

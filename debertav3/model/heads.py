@@ -1,7 +1,8 @@
 """Pretraining heads and the two pretraining networks built from them.
 
 - `LMPredictionHead`: the tied MLM head, transformers' `legacy=False` layout (keys `lm_predictions.lm_head.*`):
-  logits = LayerNorm(act(dense(h))) @ E^T + bias, E the word embedding table passed in explicitly.
+  logits = LayerNorm(act(dense(h))) @ E^T + bias, E the word embedding table passed in explicitly; dense maps
+  hidden_size to the embedding width (the official `BertLMPredictionHead`; transformers' legacy head).
 - `enhanced_mask_decoder`: DeBERTa's EMD (paper section 3.3, official `EnhancedMaskDecoder`): queries
   I = absolute position embeddings + H, H the second-to-last hidden states; the last layer is applied twice
   (shared weights) with keys and values H. Computed only for the masked query rows.
@@ -24,9 +25,9 @@ from .backbone import DebertaV3Model
 class LMPredictionHead(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = nn.Linear(config.hidden_size, config.embedding_width)
         self.act = activation(config.hidden_act)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.LayerNorm = nn.LayerNorm(config.embedding_width, eps=config.layer_norm_eps)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
     def transform(self, h: torch.Tensor) -> torch.Tensor:

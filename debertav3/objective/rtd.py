@@ -86,10 +86,11 @@ class RTDModel(nn.Module):
             if discriminator_config is None:
                 raise ValueError("objective 'rtd' needs a discriminator_config")
             shared = embedding_sharing in ("es", "gdes")
-            if shared and (generator_config.hidden_size, generator_config.vocab_size) != \
-                    (discriminator_config.hidden_size, discriminator_config.vocab_size):
-                raise ValueError(f"embedding_sharing={embedding_sharing} needs the generator and discriminator to "
-                                 "have the same hidden_size and vocab_size; use 'nes' for different widths")
+            if shared and (generator_config.embedding_width, generator_config.vocab_size) != \
+                    (discriminator_config.embedding_width, discriminator_config.vocab_size):
+                raise ValueError(f"embedding_sharing={embedding_sharing} needs the generator's and discriminator's "
+                                 "word embeddings to have the same width and vocab_size (a narrower generator "
+                                 "takes embedding_size = the discriminator's width); or use 'nes'")
             self.discriminator = ReplacedTokenDetectionModel(discriminator_config, own_word_embeddings=not shared)
             if embedding_sharing == "gdes":
                 self.embedding_delta = nn.Parameter(torch.zeros_like(self.generator_embedding))

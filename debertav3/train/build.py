@@ -11,10 +11,13 @@ from .config import Config
 
 
 def build_model(cfg: Config, special_token_ids: Sequence[int]) -> RTDModel:
-    """The generator (half depth unless `model.generator_layers`) and discriminator of `cfg`, or the single
+    """The generator (half depth unless `model.generator_layers`, the discriminator's width unless
+    `model.generator_hidden_size`) and discriminator of `cfg`, or the single
     full-depth MLM network for objective mlm, initialised from `model.init_*` directories where given."""
     disc = cfg.model.backbone()
-    gen = generator_config(disc, cfg.model.generator_layers) if cfg.objective == "rtd" else disc
+    gen = disc
+    if cfg.objective == "rtd":
+        gen = generator_config(disc, cfg.model.generator_layers, cfg.model.generator_hidden_size)
     model = RTDModel(gen, disc if cfg.objective == "rtd" else None, cfg.rtd.embedding_sharing, cfg.rtd.rtd_weight,
                      cfg.rtd.temperature, cfg.objective, special_token_ids)
     load_rtd_weights(model, cfg.model.init_discriminator, cfg.model.init_generator)

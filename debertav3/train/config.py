@@ -25,6 +25,8 @@ class PretrainModelConfig(ModelConfig):
     """The discriminator's `ModelConfig` plus how the generator and initial weights are derived from it."""
 
     generator_layers: Optional[int] = None  # default: half the discriminator's depth (DeBERTaV3 paper)
+    # default: the discriminator's width (DeBERTaV3); narrower is ELECTRA's smaller generator (model.config)
+    generator_hidden_size: Optional[int] = None
     init_discriminator: Optional[str] = None  # Hugging Face DebertaV2 directory to continue from
     init_generator: Optional[str] = None
 
@@ -33,6 +35,9 @@ class PretrainModelConfig(ModelConfig):
         if self.generator_layers is not None and self.generator_layers <= 0:
             raise ValueError(f"model.generator_layers must be positive (or null: half the discriminator's depth), "
                              f"got {self.generator_layers}")
+        if self.generator_hidden_size is not None and not 0 < self.generator_hidden_size <= self.hidden_size:
+            raise ValueError(f"model.generator_hidden_size must be in [1, model.hidden_size = {self.hidden_size}] "
+                             f"(or null: the discriminator's width), got {self.generator_hidden_size}")
 
     def backbone(self) -> ModelConfig:
         """The plain `ModelConfig` (without the pretraining-only fields)."""
