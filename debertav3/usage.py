@@ -112,10 +112,14 @@ def _ending():
     """The way out after Ctrl-C. Further Ctrl-Cs are ignored while the block reports, and end the process at once
     afterwards: whatever the way out still runs (atexit handlers, the interpreter's shutdown) must not turn one
     into a traceback. The child processes the interrupted work left behind are stopped, since the exit waits for
-    them: a second Ctrl-C can cut short the shutdown of datasets' manager process, which ignores SIGINT itself."""
+    them: a second Ctrl-C can cut short the shutdown of datasets' manager process, which ignores SIGINT itself.
+    Errors Python cannot raise from here on are dropped: they come from objects the interrupt left half-built (a
+    process pool cut off inside its __init__, whose __del__ then fails on a missing attribute), and the command has
+    already said how it ended."""
     main = threading.current_thread() is threading.main_thread()
     if main:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.unraisablehook = lambda info: None
     yield
     for name in ("multiprocessing", "multiprocess"):
         module = sys.modules.get(name)

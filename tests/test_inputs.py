@@ -334,6 +334,32 @@ def test_bug_keeps_its_traceback(models, tmp_path, monkeypatch):
         finetune_cli.main(finetune_args(models, tmp_path))
 
 
+HALF_BUILT_AFTER_CTRL_C = """
+import sys
+from debertav3 import usage
+
+class HalfBuilt:  # a pool cut off inside __init__: its __del__ reads an attribute that was never set
+    def __del__(self):
+        self._state
+
+def work():
+    global leftover
+    leftover = HalfBuilt()
+    raise KeyboardInterrupt
+
+status, _ = usage.guarded(work, "nothing was kept")
+del leftover
+sys.exit(status)
+"""
+
+
+def test_ctrl_c_leaves_no_traceback_from_half_built_objects():
+    result = subprocess.run([sys.executable, "-c", HALF_BUILT_AFTER_CTRL_C], capture_output=True, text=True)
+    assert result.returncode == 130
+    assert "Exception ignored" not in result.stderr
+    assert the_line(result.stderr, "interrupted") == "interrupted: nothing was kept"
+
+
 def test_ctrl_c_twice_while_tokenizing(tmp_path):
     """Two Ctrl-C from a terminal (SIGINT to the whole process group: the pretraining process, datasets' pool and
     manager) while two processes tokenize: one line, status 130 (or death by the second SIGINT, which a shell
