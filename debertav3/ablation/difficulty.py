@@ -24,7 +24,7 @@ from ..interop.export import load_rtd_model, read_checkpoint_config, read_tokeni
 from ..objective.bigram import BigramDetector
 from ..objective.metrics import roc_auc
 from ..errors import CheckpointError
-from ..train.checkpoint import STATE_FILE, checkpoint_dirs
+from ..train.checkpoint import STATE_FILE, checkpoint_dirs, checkpoint_root
 from ..usage import ArgumentParser, guarded
 
 
@@ -32,7 +32,7 @@ def checkpoints_of(source: str) -> list[Path]:
     """`source` itself when it is a checkpoint, else every checkpoint of the output_dir `source` that
     `resolve_checkpoint` accepts (whole, or written before manifests existed)."""
     path = Path(source)
-    if (path / "checkpoints").is_dir() and not (path / STATE_FILE).is_file():
+    if checkpoint_root(path).is_dir() and not (path / STATE_FILE).is_file():
         found = []
         for candidate in checkpoint_dirs(path):
             try:

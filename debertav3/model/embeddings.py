@@ -34,8 +34,8 @@ class Embeddings(nn.Module):
         self.word_embeddings = (nn.Embedding(config.vocab_size, width, padding_idx=config.pad_token_id)
                                 if own_word_embeddings else None)
         self.position_biased_input = config.position_biased_input
-        # Added to the input they are as wide as the words; the EMD alone adds them to hidden states (the config
-        # allows a different embedding width only without position-biased input).
+        # hidden_size wide either way: the EMD adds them to hidden states, and position-biased input (added to the
+        # words) is only allowed when the words are hidden_size wide too (ModelConfig.validate).
         self.position_embeddings = (nn.Embedding(config.max_position_embeddings, config.hidden_size)
                                     if config.position_biased_input or absolute_positions else None)
         self.token_type_embeddings = (nn.Embedding(config.type_vocab_size, width)
