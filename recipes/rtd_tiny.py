@@ -12,7 +12,7 @@ Set for a short run of a narrow model (docs/training-dynamics.md has the measure
 scale); no dropout, since a block is seen about twice; a peak lr of 1e-3 after 100 warm-up steps (2e-3 learns faster
 on a fixed task but let longer runs collapse to a constant output); a generator an eighth as wide (ELECTRA's
 finding, measured here at 128, 32 and 16: the narrower the generator, the easier the discriminator's early task,
-and 16 fine-tuned best).
+16 fine-tuned best on CoLA and tied on SST-2).
 """
 
 from debertav3.train import main
