@@ -15,7 +15,7 @@ from debertav3.data.corpus import BUNDLED_TRAIN, BUNDLED_VALID
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 MODES = ["es", "gdes", "random"]  # mlm costs another pretraining; its export is tested in test_export.py
-PLOTS = ["curves.png", "embeddings.png", "downstream.png"]
+PLOTS = ["curves.png", "learning.png", "embeddings.png", "downstream.png"]
 
 
 def corpus_slice(source: Path, target: Path, chars: int) -> str:
@@ -65,11 +65,13 @@ def test_end_to_end_writes_every_file(ablation, capsys):
     by_mode = {r["mode"]: r["metrics"] for r in results["runs"]}
     assert by_mode["gdes"]["cosine_E_Delta"] is not None and by_mode["es"]["cosine_E_Delta"] is None
     assert by_mode["random"]["eval_mlm_loss"] is None and by_mode["es"]["eval_rtd_accuracy"] is not None
+    assert 0 <= by_mode["gdes"]["eval_rtd_auc"] <= 1 and by_mode["gdes"]["eval_rtd_loss_vs_prior"] > 0
+    assert 0 < by_mode["es"]["eval_mlm_accuracy_unigram"] < 1 and by_mode["random"]["eval_rtd_auc"] is None
     assert all(by_mode[m]["cola"] is not None and by_mode[m]["cola_majority"] is not None for m in MODES)
     assert results["summary"]["es"]["mlm_loss@100%"]["n"] == 1
     assert {c["verdict"] for c in results["claims"]} <= {"holds", "does not hold", "not measured"}
     report = (out / "report.md").read_text()
-    assert "3 of 3 runs complete" in report and all(f"]({p})" in report for p in PLOTS)
+    assert "3 of 3 runs complete" in report and "| eval RTD AUC | RTD loss / prior |" in report and all(f"]({p})" in report for p in PLOTS)
     # the random baseline never pretrains; the others stop exactly at --max-steps
     assert not (out / "runs" / "random-seed0" / "pretrain").exists()
     assert (out / "runs" / "es-seed0" / "pretrain" / "checkpoints" / "step-00000006").is_dir()
@@ -103,7 +105,24 @@ def test_a_changed_budget_is_refused(ablation, capsys):
     assert code == 2 and "max_steps" in the_line(err)
 
 
+def test_first_seed_adds_seeds_to_the_same_directory(ablation, capsys):
+    argv, out = ablation
+    if not (out / "results.json").is_file():
+        main(argv)
+    capsys.readouterr()
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()}
+    more = [a if a != ",".join(MODES) else "random" for a in argv] + ["--first-seed", "1"]
+    code, stdout, _ = run(more, capsys)
+    assert code == 0
+    assert [line for line in stdout.splitlines() if line.startswith("[ablation]")] == [
+        "[ablation] random-seed1: export", "[ablation] random-seed1: finetune:cola"]
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # seed 0's runs are left as they were
+    results = json.loads((out / "results.json").read_text())
+    assert [(r["mode"], r["seed"], r["complete"]) for r in results["runs"]] == [("random", 1, True)]
+
+
 @pytest.mark.parametrize("args, fragment", [
+    (["--first-seed", "-1"], "--first-seed must be 0 or more"),
     (["--modes", "es,bogus"], "mode 'bogus' is unknown"),
     (["--recipe", "no_such_recipe"], "recipe 'no_such_recipe' not found"),
     (["--data-dir", "/no/such/dir"], "--data-dir /no/such/dir is not a directory"),

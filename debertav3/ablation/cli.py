@@ -38,7 +38,9 @@ def parser() -> usage.ArgumentParser:
                "data.train_files=[corpus.txt.gz]")
     p.add_argument("--recipe", default="rtd_tiny", help="recipes/<name>.py or a path to a recipe file (default rtd_tiny)")
     p.add_argument("--modes", type=comma_list, default=list(MODES), help=f"comma list of {','.join(MODES)} (default all)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per mode (default 3)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per mode: S..S+N-1 with S = --first-seed (default 3)")
+    p.add_argument("--first-seed", type=int, default=0, help="the first seed (default 0); with --seeds 2 "
+                                                             "--first-seed 1 an ablation run on seed 0 gains seeds 1, 2")
     p.add_argument("--max-steps", type=int, required=True, help="pretraining steps of every run")
     p.add_argument("--tasks", type=comma_list, default=["sst2", "cola"], help="fine-tuning presets (default sst2,cola)")
     p.add_argument("--output", required=True, help="the ablation directory (reused to resume)")
@@ -59,9 +61,11 @@ def build_spec(args: argparse.Namespace) -> AblationSpec:
                             "and cola/")
     if args.seeds <= 0:
         raise AblationError(f"--seeds must be positive, got {args.seeds}")
+    if args.first_seed < 0:
+        raise AblationError(f"--first-seed must be 0 or more, got {args.first_seed}")
     usage.check_writable(args.output, "--output")
     options = FinetuneOptions(args.finetune_examples, args.finetune_epochs, args.finetune_lr, args.finetune_batch_size)
-    spec = AblationSpec(recipe=args.recipe, modes=args.modes, seeds=list(range(args.seeds)),
+    spec = AblationSpec(recipe=args.recipe, modes=args.modes, seeds=list(range(args.first_seed, args.first_seed + args.seeds)),
                         max_steps=args.max_steps, tasks=args.tasks, output=str(Path(args.output).absolute()),
                         data_dir=args.data_dir, overrides=list(args.overrides), finetune=options)
     try:

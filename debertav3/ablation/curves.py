@@ -47,13 +47,15 @@ def last(curve: Optional[Curve]) -> Optional[float]:
 
 def run_metrics(scalars: dict[str, Curve], directory: Path, max_steps: int,
                 tasks: list[str]) -> dict[str, Optional[float]]:
-    """Flat numbers of one run (its `read_scalars` and fine-tuning results): losses and accuracies, final cosines,
+    """Flat numbers of one run (its `read_scalars` and fine-tuning results): losses, accuracies, the last eval's
+    RTD ROC-AUC and RTD loss / prior entropy and MLM accuracy beside its unigram baseline, final cosines,
     each task's headline dev metric and majority-class accuracy (None where absent)."""
     metrics: dict[str, Optional[float]] = {}
     for fraction in CHECKPOINTS:
         metrics[f"mlm_loss@{fraction:.0%}"] = window_mean(scalars.get("train/mlm_loss", {}), fraction, max_steps)
     metrics["rtd_accuracy@100%"] = window_mean(scalars.get("train/rtd_accuracy", {}), 1.0, max_steps)
-    for name in ("mlm_loss", "mlm_accuracy", "rtd_loss", "rtd_accuracy"):
+    for name in ("mlm_loss", "mlm_accuracy", "mlm_accuracy_unigram", "rtd_loss", "rtd_accuracy", "rtd_auc",
+                 "rtd_loss_vs_prior"):
         metrics[f"eval_{name}"] = last(scalars.get(f"eval/{name}"))
     for table in ("E_G", "E_D", "E_Delta"):
         metrics[f"cosine_{table}"] = last(scalars.get(f"embeddings/cosine_{table}"))

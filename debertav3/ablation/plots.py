@@ -1,7 +1,8 @@
 """The ablation's PNG plots (matplotlib, Agg backend: no display needed), one line or bar group per mode, and a
 recipe sweep's eval curves, one line per variant (`sweep_curves`).
 
-curves.png       training MLM loss, RTD loss and RTD accuracy against step (mean over seeds, band: ± 1 std)
+curves.png       training MLM loss, RTD loss and RTD ROC-AUC against step (mean over seeds, band: ± 1 std)
+learning.png     the evaluations: RTD ROC-AUC, RTD loss / prior entropy, generator MLM accuracy against step
 embeddings.png   average pairwise cosine similarity of E_G, E_D and E_Delta over training (paper's tug of war)
 downstream.png   each task's dev metric per mode: mean ± std over seeds, one dot per seed, majority-class level
 """
@@ -56,9 +57,17 @@ def panels(records: list[dict], tags: dict[str, str], smooth: int, title: str, p
 
 
 def plot_curves(records: list[dict], out: Path) -> Path:
-    tags = {"train/mlm_loss": "generator MLM loss", "train/rtd_loss": "RTD loss", "train/rtd_accuracy": "RTD accuracy"}
+    tags = {"train/mlm_loss": "generator MLM loss", "train/rtd_loss": "RTD loss", "train/rtd_auc": "RTD ROC-AUC"}
     return panels(records, tags, SMOOTH, f"pretraining (trailing mean of {SMOOTH} logs; band ±1 std over seeds)",
                   out / "curves.png")
+
+
+def plot_learning(records: list[dict], out: Path) -> Path:
+    """The held-out evaluations, unsmoothed: whether each discriminator detects (AUC above 0.5, loss under the
+    prior's 1.0) and how far its generator is above the unigram baseline."""
+    tags = {"eval/rtd_auc": "eval RTD ROC-AUC", "eval/rtd_loss_vs_prior": "eval RTD loss / prior entropy",
+            "eval/mlm_accuracy": "eval generator MLM accuracy"}
+    return panels(records, tags, 1, "held-out evaluations (band ±1 std over seeds)", out / "learning.png")
 
 
 def plot_embeddings(records: list[dict], out: Path) -> Path:

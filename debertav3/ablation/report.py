@@ -14,14 +14,16 @@ from ..finetune.config import PRESETS
 from ..io_utils import atomic_write_text
 from .claims import check_claims
 from .curves import read_scalars, run_metrics, summarise
-from .plots import plot_curves, plot_downstream, plot_embeddings
+from .plots import plot_curves, plot_downstream, plot_embeddings, plot_learning
 from .runner import AblationSpec, plan
 
 RESULTS_FILE, REPORT_FILE = "results.json", "report.md"
 # Columns of the headline table: (metric, label, digits).
 COLUMNS = (("mlm_loss@25%", "MLM loss @25%", 3), ("mlm_loss@50%", "MLM loss @50%", 3),
            ("mlm_loss@100%", "MLM loss @100%", 3), ("eval_mlm_loss", "eval MLM loss", 3),
-           ("eval_rtd_accuracy", "eval RTD acc", 4), ("cosine_E_G", "cos E_G", 3), ("cosine_E_D", "cos E_D", 3),
+           ("eval_mlm_accuracy", "eval MLM acc", 3), ("eval_mlm_accuracy_unigram", "(unigram)", 3),
+           ("eval_rtd_auc", "eval RTD AUC", 3), ("eval_rtd_loss_vs_prior", "RTD loss / prior", 2),
+           ("cosine_E_G", "cos E_G", 3), ("cosine_E_D", "cos E_D", 3),
            ("cosine_E_Delta", "cos E_Delta", 3))
 
 
@@ -65,7 +67,9 @@ def markdown(spec: AblationSpec, records: list[dict], summary: dict, claims: lis
         f"{', '.join(spec.modes)}; overrides: `{' '.join(spec.overrides) or 'none'}`; fine-tuning on "
         f"{', '.join(spec.tasks) or 'no task'} ({finetune}). {complete} of {len(records)} runs complete.", "",
         "Means over seeds ± sample standard deviation (none with one seed). Training MLM loss @p: mean of the logged "
-        "training values over the 10% of steps ending at p of the run. eval: held-out blocks at the last step. "
+        "training values over the 10% of steps ending at p of the run. eval: held-out blocks at the last step; "
+        "MLM acc beside its unigram baseline (always the most frequent target); RTD AUC: ROC-AUC of the replaced "
+        "class (0.5: no detection); RTD loss / prior: over the entropy of the replaced fraction (1.0: no learning). "
         "cos: average pairwise cosine similarity of the word embeddings at the last measurement. Downstream: dev "
         "accuracy (SST-2) or Matthews correlation (CoLA) after fine-tuning.", "",
         *table(spec, summary), "",
@@ -87,7 +91,8 @@ def write_report(spec: AblationSpec) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     records, summary = collect(spec)
     claims = check_claims(summary, spec.tasks)
-    plots = [plot_curves(records, out), plot_embeddings(records, out), plot_downstream(records, spec.tasks, out)]
+    plots = [plot_curves(records, out), plot_learning(records, out), plot_embeddings(records, out),
+             plot_downstream(records, spec.tasks, out)]
     results = {"budget": spec.budget(), "modes": spec.modes, "seeds": spec.seeds, "tasks": spec.tasks,
                "summary": summary, "claims": claims,
                "runs": [{k: v for k, v in r.items() if k != "curves"} for r in records]}
