@@ -133,3 +133,22 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, fragment):
     assert code == 2
     assert err.startswith("error: ") and fragment in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_finished_runs_need_only_their_small_files(ablation, capsys):
+    """A finished run's stages.json, TensorBoard events and metrics.json are what the report reads and what resume
+    checks: with checkpoints and the exported model deleted (as when only those are kept from another machine),
+    nothing is redone and the report is the same."""
+    import shutil
+
+    argv, out = ablation
+    assert main(argv) == 0  # finishes the ablation, or (after the tests above) only rewrites its report
+    before = json.loads((out / "results.json").read_text())
+    for directory in (out / "runs").iterdir():
+        shutil.rmtree(directory / "pretrain" / "checkpoints", ignore_errors=True)
+        shutil.rmtree(directory / "model")
+    capsys.readouterr()
+    code, stdout, _ = run(argv, capsys)
+    assert code == 0 and "[ablation]" not in stdout
+    after = json.loads((out / "results.json").read_text())
+    assert after["runs"] == before["runs"] and after["summary"] == before["summary"]
