@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,11 @@ def ablation(tmp_path_factory):
     return argv, tmp / "out"
 
 
+def file_stamps(out: Path) -> dict[Path, int]:
+    """Modification time of every file under the ablation's runs/ (unchanged stamps: nothing was redone)."""
+    return {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()}
+
+
 def run(argv, capsys) -> tuple[int, str, str]:
     code = main(argv)
     captured = capsys.readouterr()
@@ -71,7 +77,8 @@ def test_end_to_end_writes_every_file(ablation, capsys):
     assert results["summary"]["es"]["mlm_loss@100%"]["n"] == 1
     assert {c["verdict"] for c in results["claims"]} <= {"holds", "does not hold", "not measured"}
     report = (out / "report.md").read_text()
-    assert "3 of 3 runs complete" in report and "| eval RTD AUC | RTD loss / prior |" in report and all(f"]({p})" in report for p in PLOTS)
+    assert "3 of 3 runs complete" in report and "| eval RTD AUC | RTD loss / prior |" in report
+    assert all(f"]({p})" in report for p in PLOTS)
     # the random baseline never pretrains; the others stop exactly at --max-steps
     assert not (out / "runs" / "random-seed0" / "pretrain").exists()
     assert (out / "runs" / "es-seed0" / "pretrain" / "checkpoints" / "step-00000006").is_dir()
@@ -82,10 +89,10 @@ def test_resume_redoes_nothing_and_only_what_is_missing(ablation, capsys):
     if not (out / "results.json").is_file():
         main(argv)
     capsys.readouterr()
-    stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()}
+    stamps = file_stamps(out)
     code, stdout, _ = run(argv, capsys)
     assert code == 0 and "[ablation]" not in stdout
-    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert file_stamps(out) == stamps
     # forget one finished stage: exactly that one is run again
     marker = out / "runs" / "es-seed0" / STAGES_FILE
     done = json.loads(marker.read_text())["done"]
@@ -110,13 +117,13 @@ def test_first_seed_adds_seeds_to_the_same_directory(ablation, capsys):
     if not (out / "results.json").is_file():
         main(argv)
     capsys.readouterr()
-    stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()}
+    stamps = file_stamps(out)
     more = [a if a != ",".join(MODES) else "random" for a in argv] + ["--first-seed", "1"]
     code, stdout, _ = run(more, capsys)
     assert code == 0
     assert [line for line in stdout.splitlines() if line.startswith("[ablation]")] == [
         "[ablation] random-seed1: export", "[ablation] random-seed1: finetune:cola"]
-    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # seed 0's runs are left as they were
+    assert {p: t for p, t in file_stamps(out).items() if p in stamps} == stamps  # seed 0's runs left as they were
     results = json.loads((out / "results.json").read_text())
     assert [(r["mode"], r["seed"], r["complete"]) for r in results["runs"]] == [("random", 1, True)]
 
@@ -139,8 +146,6 @@ def test_finished_runs_need_only_their_small_files(ablation, capsys):
     """A finished run's stages.json, TensorBoard events and metrics.json are what the report reads and what resume
     checks: with checkpoints and the exported model deleted (as when only those are kept from another machine),
     nothing is redone and the report is the same."""
-    import shutil
-
     argv, out = ablation
     assert main(argv) == 0  # finishes the ablation, or (after the tests above) only rewrites its report
     before = json.loads((out / "results.json").read_text())

@@ -65,7 +65,8 @@ def build_spec(args: argparse.Namespace) -> AblationSpec:
         raise AblationError(f"--first-seed must be 0 or more, got {args.first_seed}")
     usage.check_writable(args.output, "--output")
     options = FinetuneOptions(args.finetune_examples, args.finetune_epochs, args.finetune_lr, args.finetune_batch_size)
-    spec = AblationSpec(recipe=args.recipe, modes=args.modes, seeds=list(range(args.first_seed, args.first_seed + args.seeds)),
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    spec = AblationSpec(recipe=args.recipe, modes=args.modes, seeds=seeds,
                         max_steps=args.max_steps, tasks=args.tasks, output=str(Path(args.output).absolute()),
                         data_dir=args.data_dir, overrides=list(args.overrides), finetune=options)
     try:
