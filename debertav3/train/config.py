@@ -72,10 +72,12 @@ class OptimConfig:
     weight_decay: float = 0.01
     warmup_steps: int = 10000
     max_grad_norm: float = 1.0
+    # The discriminator's (and GDES's E_Delta's) lr as a multiple of `lr`; 1: one lr for both (the papers)
+    discriminator_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         for name, allowed in (("lr", "> 0"), ("beta1", "[0, 1)"), ("beta2", "[0, 1)"), ("eps", "> 0"),
-                              ("weight_decay", ">= 0"), ("max_grad_norm", "> 0")):
+                              ("weight_decay", ">= 0"), ("max_grad_norm", "> 0"), ("discriminator_lr_scale", "> 0")):
             check_number(f"optim.{name}", getattr(self, name), allowed)
         if self.warmup_steps < 0:
             raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")

@@ -8,19 +8,33 @@ from torch import nn
 from .config import OptimConfig
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices and embedding tables only: 1-D tensors (biases, LayerNorm) are not decayed."""
-    decay, no_decay = [], []
+def parameter_groups(model: nn.Module, weight_decay: float, discriminator_lr_scale: float = 1.0) -> list[dict]:
+    """Weight decay on matrices and embedding tables only: 1-D tensors (biases, LayerNorm) are not decayed.
+
+    Each group carries `lr_scale`: `discriminator_lr_scale` for the RTD discriminator's own parameters and GDES's
+    E_Delta, 1 for the rest (the generator, and under ES the one shared table, which the generator owns).
+    """
+    discriminator = getattr(model, "discriminator", None)
+    scaled = set() if discriminator is None else {id(p) for p in discriminator.parameters()}
+    if getattr(model, "embedding_delta", None) is not None:
+        scaled.add(id(model.embedding_delta))
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
     for param in model.parameters():  # parameters() yields a shared (ES) table once
         if param.requires_grad:
-            (decay if param.dim() >= 2 else no_decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            scale = discriminator_lr_scale if id(param) in scaled else 1.0
+            groups.setdefault((param.dim() >= 2, scale), []).append(param)
+    # Decayed groups first, the unscaled before the scaled: with a scale of 1 these are a single-lr run's two groups,
+    # and group 0 always carries the base lr (what the trainer logs).
+    order = sorted(groups, key=lambda key: (not key[0], key[1] != 1.0))
+    return [{"params": groups[key], "weight_decay": weight_decay if key[0] else 0.0, "lr_scale": key[1]}
+            for key in order]
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     """AdamW; the fused kernel (one pass over each tensor instead of a dozen) on CPU and CUDA."""
-    return torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                             eps=cfg.eps, fused=True)
+    groups = [{**group, "lr": cfg.lr * group["lr_scale"]}
+              for group in parameter_groups(model, cfg.weight_decay, cfg.discriminator_lr_scale)]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=True)
 
 
 def linear_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
