@@ -24,11 +24,12 @@ import pytest
 import torch
 from accelerate import Accelerator, PartialState
 from safetensors import SafetensorError
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from debertav3.data import train_tokenizer
 from debertav3.train import load_config, main
-from debertav3.train.checkpoint import (checkpoint_dirs, complete_checkpoints, prune, read_state,
+from debertav3.train.checkpoint import (CONFIG_FILE, checkpoint_dirs, complete_checkpoints, prune, read_state,
                                         verify_checkpoint, write_failure)
 from debertav3.train.lock import LOCK_FILE, claim_output_dir
 from debertav3.train.loop import train
@@ -192,13 +193,21 @@ def other_tokenizer(corpus):
     return train_tokenizer([str(corpus / "train.txt")], 600, corpus.parent / "tokenizer600", seed=1).directory
 
 
-@pytest.mark.parametrize("change", ["model", "seed", "batch", "tokenizer", "train files", "processes"])
+@pytest.mark.parametrize("change", ["model", "seed", "batch", "lr groups", "lr groups, older checkpoint", "tokenizer",
+                                    "train files", "processes"])
 def test_resuming_with_what_changes_the_state_meaning_is_refused(change, corpus, reference, tmp_path, capsys,
                                                                   other_tokenizer):
     root = interrupted_copy(reference, tmp_path / "run", last_step=2)
     checkpoint = root / STEP(2)
     extra = {"model": ["model.intermediate_size=256"], "seed": ["train.seed=7"], "batch": ["train.batch_size=2"],
              "tokenizer": [f"data.tokenizer={other_tokenizer}"]}.get(change, [])
+    if change.startswith("lr groups"):  # two parameter groups saved, four wanted: torch could not load them
+        extra = ["optim.discriminator_lr_scale=2"]
+    if change == "lr groups, older checkpoint":  # saved before the key existed: it ran with the default, 1
+        saved = OmegaConf.load(checkpoint / CONFIG_FILE)
+        del saved.optim["discriminator_lr_scale"]
+        OmegaConf.save(saved, checkpoint / CONFIG_FILE)
+        write_manifest(checkpoint)
     if change == "train files":  # the same name and place, one more line
         moved = write_corpus(tmp_path / "moved", 60_000, 10_000)
         with open(moved / "train.txt", "a") as fh:
@@ -214,6 +223,8 @@ def test_resuming_with_what_changes_the_state_meaning_is_refused(change, corpus,
                  "setting",
         "seed": "was trained with a different train.seed (42 then, 7 now)",
         "batch": "was trained with a different train.batch_size (4 then, 2 now)",
+        "lr groups": "was trained with a different optim.discriminator_lr_scale (1.0 then, 2.0 now)",
+        "lr groups, older checkpoint": "was trained with a different optim.discriminator_lr_scale (1.0 then, 2.0 now)",
         "tokenizer": f"was trained with another tokenizer; resume with that one (a copy is in {checkpoint}/tokenizer)",
         "train files": f"was trained on other data.train_files (file 1: train.txt of {size} bytes then, train.txt of "
                        f"{size + 14} bytes now); resume with the same files",

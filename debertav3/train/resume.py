@@ -31,9 +31,10 @@ from .checkpoint import (CONFIG_FILE, checkpoint_dirs, checkpoint_root, read_sta
 from ..errors import UserError
 
 # Config keys whose change alters what a saved state means: the architecture, the objective, which blocks and
-# masks step k sees. The rest (learning rate, logging, evaluation, paths) may change on resume.
+# masks step k sees, the optimizer's parameter groups (one lr, or the discriminator's apart). The rest (learning
+# rate, logging, evaluation, paths) may change on resume.
 COMPARED = ("objective", "model", "rtd.embedding_sharing", "data", "train.seed", "train.batch_size",
-            "train.gradient_accumulation_steps")
+            "train.gradient_accumulation_steps", "optim.discriminator_lr_scale")
 # Exempt: initial weights only matter before step 1; the files and the tokenizer are compared by content
 # (RunIdentity), not by path, so a corpus may move; the rest touch evaluation or speed only.
 EXEMPT = ("model.init_discriminator", "model.init_generator", "data.train_files", "data.tokenizer",
@@ -121,12 +122,14 @@ def load(accelerator, checkpoint: Path) -> str | None:
 
 def check_compatible(checkpoint: Path, cfg, identity: RunIdentity) -> None:
     """UserError naming the first setting that differs between `checkpoint`'s run and this one."""
-    saved, current = (dict(flat(OmegaConf.to_container(c))) for c in
-                      (OmegaConf.load(checkpoint / CONFIG_FILE), OmegaConf.structured(cfg)))
+    saved, current, defaults = (dict(flat(OmegaConf.to_container(c))) for c in
+                                (OmegaConf.load(checkpoint / CONFIG_FILE), OmegaConf.structured(cfg),
+                                 OmegaConf.structured(type(cfg))))
+    # A key the saved config lacks was added by a later version, with the old behaviour as its default.
+    saved = defaults | saved
     for key, value in current.items():
         compared = any(key == k or key.startswith(f"{k}.") for k in COMPARED)
         exempt = any(key == k or key.startswith(f"{k}.") for k in EXEMPT)
-        # A key the saved config lacks was added by a later version, with the old behaviour as its default.
         if compared and not exempt and key in saved and saved[key] != value:
             raise UserError(f"{checkpoint} was trained with a different {key} ({saved[key]!r} then, {value!r} now); "
                             f"resume with the same setting, or {NEW_RUN}")
