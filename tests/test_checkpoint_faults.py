@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate import Accelerator, PartialState
-from safetensors import SafetensorError
 from omegaconf import OmegaConf
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from debertav3.data import train_tokenizer

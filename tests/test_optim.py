@@ -3,17 +3,10 @@
 import pytest
 import torch
 
-from debertav3 import RTDModel, generator_config, preset
 from debertav3.train.config import OptimConfig
 from debertav3.train.optim import build_optimizer, linear_schedule
 
-from test_rtd import SPECIALS, make_batch
-
-
-def make_model(sharing):
-    torch.manual_seed(0)
-    disc = preset("tiny", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    return RTDModel(generator_config(disc), disc, embedding_sharing=sharing, special_token_ids=SPECIALS)
+from test_rtd import make_batch, make_model
 
 
 def lr_of_each_parameter(optimizer):

@@ -130,7 +130,7 @@ def check_compatible(checkpoint: Path, cfg, identity: RunIdentity) -> None:
     for key, value in current.items():
         compared = any(key == k or key.startswith(f"{k}.") for k in COMPARED)
         exempt = any(key == k or key.startswith(f"{k}.") for k in EXEMPT)
-        if compared and not exempt and key in saved and saved[key] != value:
+        if compared and not exempt and saved[key] != value:
             raise UserError(f"{checkpoint} was trained with a different {key} ({saved[key]!r} then, {value!r} now); "
                             f"resume with the same setting, or {NEW_RUN}")
     state = read_state(checkpoint)
