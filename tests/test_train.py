@@ -180,9 +180,17 @@ def test_two_processes_follow_one_process(corpus, tmp_path):
                                 capture_output=True, text=True, timeout=600, env=env)
         assert result.returncode == 0, result.stderr[-3000:]
     one, two = scalars(tmp_path / "1"), scalars(tmp_path / "2")
-    for tag in ("train/loss", "train/mlm_loss", "train/rtd_loss"):
+    # A batch of 4 and a batch of 8 round the generator's probabilities differently (~1e-7), so a uniform that
+    # falls that close to a cdf edge draws the neighbouring token (objective/sampling.py) and that position's RTD
+    # loss differs: seen once in 6 steps, moving the mean over the 8 x 64 positions by 7e-5. RTD gets room for a
+    # few such positions (each moves the mean by well under 1/512 here); the MLM loss does not depend on the draws,
+    # and under GDES no RTD gradient reaches the generator, so it stays exact.
+    few_draws = 2 / (8 * 64)
+    tolerance = {"train/mlm_loss": {"abs": 1e-5}, "train/rtd_loss": {"abs": few_draws},
+                 "train/loss": {"abs": 1e-5 + 50 * few_draws}}
+    for tag, room in tolerance.items():
         for step in range(1, 7):
-            assert two[tag][step] == pytest.approx(one[tag][step], rel=1e-4, abs=1e-5), (tag, step)
+            assert two[tag][step] == pytest.approx(one[tag][step], rel=1e-4, **room), (tag, step)
     # pooled over processes: the gathered scores and summed target counts of 2 processes are 1 process's
     for tag in ("eval/rtd_auc", "eval/rtd_loss_vs_prior", "eval/mlm_accuracy_unigram", "eval/mlm_loss_unigram"):
         assert two[tag][6] == pytest.approx(one[tag][6], rel=1e-4), tag
