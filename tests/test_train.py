@@ -182,8 +182,8 @@ def test_two_processes_follow_one_process(corpus, tmp_path):
     one, two = scalars(tmp_path / "1"), scalars(tmp_path / "2")
     # A batch of 4 and a batch of 8 round the generator's probabilities differently (~1e-7), so a uniform that
     # falls that close to a cdf edge draws the neighbouring token (objective/sampling.py) and that position's RTD
-    # loss differs: seen once in 6 steps, moving the mean over the 8 x 64 positions by 7e-5. RTD gets room for a
-    # few such positions (each moves the mean by well under 1/512 here); the MLM loss does not depend on the draws,
+    # loss differs (one such draw moved the mean over the 8 x 64 positions by 7e-5). RTD gets room for two
+    # such positions (each moves the mean by well under 1/512 here); the MLM loss does not depend on the draws,
     # and under GDES no RTD gradient reaches the generator, so it stays exact.
     few_draws = 2 / (8 * 64)
     tolerance = {"train/mlm_loss": {"abs": 1e-5}, "train/rtd_loss": {"abs": few_draws},
