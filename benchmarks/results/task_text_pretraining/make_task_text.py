@@ -52,7 +52,8 @@ def main() -> None:
             for paragraph in paragraphs(sentences, seed=copy):
                 f.write(paragraph + "\n\n")
     os.replace(tmp, args.output)
-    print(f"{len(sentences)} sentences x {args.copies} copies -> {args.output} ({os.path.getsize(args.output):,} bytes)")
+    size = os.path.getsize(args.output)
+    print(f"{len(sentences)} sentences x {args.copies} copies -> {args.output} ({size:,} bytes)")
 
 
 if __name__ == "__main__":
