@@ -1,15 +1,18 @@
 """Our RTD training step against one assembled from transformers parts: tokens/s, their ratio, peak RSS, FLOPs.
 
     python benchmarks/bench_rtd.py --seq 128 --batch 16 --method both --allocator both \\
-        --ours auto --ours eager --ours auto@/work/exp/base19 --repeats 3 --output results.json
+        --ours auto --ours eager --ours eager+compile --ours auto@/work/exp/base19 --theirs-compiled \\
+        --repeats 3 --output results.json
 
 The steps are described in benchmarks/common.py, the two timing methods (`--method fresh`: each step alone in
 processes of its own, as a user runs it; `--method alternating`: ours and theirs alternating inside shared
 processes) in benchmarks/methods.py. Each runs under glibc's default allocator thresholds and under
 keep_freed_memory's (`--allocator`). `--ours` (repeatable) names each variant of our step: `auto` or `eager`
-(every reference implementation) or `key=value,...` of the ModelConfig *_impl keys, optionally `@TREE` to import
-debertav3 from another source tree (an untouched worktree of an older commit, say); results are labelled with the
-tree's commit. All variants are timed in the same run against the same transformers processes, side by side.
+(every reference implementation) or `key=value,...` of the ModelConfig *_impl keys, optionally `+compile`
+(torch.compile of the whole step's model) and `@TREE` to import debertav3 from another source tree (an untouched
+worktree of an older commit, say); results are labelled with the tree's commit. `--theirs-compiled` adds the
+transformers step with each network compiled. All variants are timed in the same run against the same
+transformers processes, side by side.
 
 Also reported: the machine (CPU model, cores, torch threads, versions), model FLOPs per token of each step
 (torch's FlopCounterMode over one forward + backward, in-place GEMMs included, counted in the first process of
@@ -36,8 +39,10 @@ def parse_args(argv):
     parser.add_argument("--method", choices=(*METHODS, "both"), default="both")
     parser.add_argument("--allocator", choices=(*ALLOCATOR_SETTINGS, "both"), default="both",
                         help="glibc: the C library's defaults; keep_freed: keep_freed_memory's thresholds, both steps")
-    parser.add_argument("--ours", action="append", metavar="IMPL[@TREE]",
+    parser.add_argument("--ours", action="append", metavar="IMPL[+compile][@TREE]",
                         help="a variant of our step (repeatable; default: auto from this checkout)")
+    parser.add_argument("--theirs-compiled", action="store_true",
+                        help="also time the transformers step under torch.compile (each network compiled)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="processes per step kind (fresh) or per variant (alternating)")
     parser.add_argument("--rounds", type=int, default=9, help="timed steps per step kind and process")
@@ -51,6 +56,8 @@ def parse_args(argv):
         args.variants = [Variant.parse(spec) for spec in args.ours or ["auto"]]
     except ValueError as exc:
         parser.error(str(exc))
+    if args.theirs_compiled:
+        args.variants.append(Variant.theirs_compiled())
     if len({variant.label for variant in args.variants}) < len(args.variants):
         parser.error("--ours: two variants with the same implementations and commit")
     return args
@@ -110,8 +117,9 @@ def main(argv=None) -> dict:
     load["end"] = os.getloadavg()
     report = {"machine": about, "gemm_peak_flops": peak, "flops_per_token": runner.flops_per_token,
               "shape": runner.shape, "warmup": args.warmup, "rounds": args.rounds, "repeats": args.repeats,
-              "variants": [{"label": v.label, "tree": str(v.tree), "commit": v.commit, "impl": v.impl}
-                           for v in args.variants], "wall_seconds": wall, "load_average": load, **results}
+              "variants": [{"label": v.label, "tree": str(v.tree), "commit": v.commit, "impl": v.impl,
+                            "compile": v.compile} for v in args.variants],
+              "wall_seconds": wall, "load_average": load, **results}
     print("\n" + markdown_table(results) + "\n")
     if "fresh" in results:
         print(flops_table(runner.flops_per_token, results, peak) + "\n")

@@ -13,6 +13,7 @@ untouched worktree of an older commit) with this script. Only imports that every
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -60,8 +61,10 @@ def add_shape_arguments(parser) -> None:
 
 
 def model_config(shape: dict, impl: dict[str, str]) -> ModelConfig:
+    """The shape's config with the `impl` keys this tree's ModelConfig has (older trees had three)."""
+    known = {key: value for key, value in impl.items() if key in ModelConfig.__dataclass_fields__}
     return ModelConfig(vocab_size=shape["vocab"], hidden_size=shape["hidden"], num_hidden_layers=shape["layers"],
-                       num_attention_heads=shape["heads"], intermediate_size=4 * shape["hidden"], **impl)
+                       num_attention_heads=shape["heads"], intermediate_size=4 * shape["hidden"], **known)
 
 
 def make_batch(shape: dict, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -90,17 +93,29 @@ class TrainingStep:
 
 
 class OurStep(TrainingStep):
-    def __init__(self, shape: dict, impl: dict[str, str]):
+    """`RTDModel` as the trainer calls it: where the tree's forward takes them, the static inputs (prediction slots,
+    uniforms, loss denominators) that let a compiled step run without recompiling or syncing."""
+
+    def __init__(self, shape: dict, impl: dict[str, str], compile: bool = False):
         disc = model_config(shape, impl)
         self.model = RTDModel(generator_config(disc), disc, shape["sharing"], special_token_ids=SPECIALS)
+        self.forward = torch.compile(self.model) if compile else self.model
         self.optimizer = build_optimizer(self.model, OptimConfig(lr=1e-4, warmup_steps=0))
+        self.static_inputs = "mask_positions" in inspect.signature(RTDModel.forward).parameters
 
     def loss(self, batch):
-        return self.model(**batch).loss
+        if self.static_inputs:
+            from debertav3.objective.rtd import prediction_positions
+
+            positions = prediction_positions(batch["labels"])
+            masked, real = batch["labels"] != -100, batch["attention_mask"]
+            batch = dict(batch, mask_positions=positions, uniforms=1.0 - torch.rand(positions.shape),
+                         denominators=torch.stack([masked.sum(), real.sum()]).float())
+        return self.forward(**batch).loss
 
 
 class TransformersStep(TrainingStep):
-    def __init__(self, shape: dict):
+    def __init__(self, shape: dict, compile: bool = False):
         import transformers
 
         try:
@@ -116,10 +131,13 @@ class TransformersStep(TrainingStep):
         params = {id(p): p for m in (self.generator, self.discriminator) for p in m.parameters()}
         self.optimizer = torch.optim.AdamW(params.values(), lr=1e-4)
         self.special = torch.tensor(SPECIALS)
+        # Compiled as a user would: each network on its own, the sampling between them eager.
+        self.run_generator, self.run_discriminator = ((torch.compile(m) if compile else m)
+                                                      for m in (self.generator, self.discriminator))
 
     def loss(self, batch):
         ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-        gen_out = self.generator(input_ids=ids, attention_mask=mask, labels=labels)
+        gen_out = self.run_generator(input_ids=ids, attention_mask=mask, labels=labels)
         masked = labels != -100
         with torch.no_grad():
             logits = gen_out.logits[masked].float()
@@ -129,14 +147,15 @@ class TransformersStep(TrainingStep):
             disc_ids[masked] = sampled
             original = torch.where(masked, labels, ids)
             rtd_labels = (disc_ids != original).float()
-        rtd_logits = self.discriminator(input_ids=disc_ids, attention_mask=mask).logits.squeeze(-1)
+        rtd_logits = self.run_discriminator(input_ids=disc_ids, attention_mask=mask).logits.squeeze(-1)
         rtd = torch.nn.functional.binary_cross_entropy_with_logits(rtd_logits[mask.bool()], rtd_labels[mask.bool()])
         return gen_out.loss + 50.0 * rtd
 
 
 def build_step(spec: dict, shape: dict) -> TrainingStep:
-    """`spec` is {"kind": "ours", "impl": {...}} or {"kind": "transformers"}."""
-    return OurStep(shape, spec["impl"]) if spec["kind"] == "ours" else TransformersStep(shape)
+    """`spec` is {"kind": "ours", "impl": {...}, "compile": bool} or {"kind": "transformers", "compile": bool}."""
+    compiled = spec.get("compile", False)
+    return OurStep(shape, spec["impl"], compiled) if spec["kind"] == "ours" else TransformersStep(shape, compiled)
 
 
 def gemm_peak(seconds: float = 3.0, size: int = 2048) -> float:
@@ -162,11 +181,15 @@ INPLACE_GEMMS = {torch.ops.aten.addmm_: _inplace_gemm_flops, torch.ops.aten.badd
 def flops_per_token(step: TrainingStep, batch, tokens: int) -> float:
     """Model FLOPs of one forward + backward, counted by torch's FlopCounterMode (in-place GEMMs included).
 
-    FlopCounterMode installs global module hooks, under which a fast path that reads projection weights directly
-    declines and the reference runs (debertav3/model/attention.py): the count is then the reference's, the
-    network's FLOPs as the papers write them."""
+    Counted on the uncompiled modules (a compiled step runs the same network). In trees before the narrowed
+    attention contract, FlopCounterMode's global module hooks made the fast paths decline, so the count is the
+    reference's everywhere: the network's FLOPs as the papers write them."""
+    if isinstance(step, OurStep):
+        step.forward = step.model
+    else:
+        step.run_generator, step.run_discriminator = step.generator, step.discriminator
     with warnings.catch_warnings(), FlopCounterMode(display=False, custom_mapping=INPLACE_GEMMS) as counter:
-        warnings.simplefilter("ignore")  # the fast path's one-line notice that it declines, expected here
+        warnings.simplefilter("ignore")  # an older tree's one-line notice that a fast path declines
         step.loss(batch).backward()
     return counter.get_total_flops() / tokens
 
@@ -205,7 +228,8 @@ def tree_commit(tree: Path) -> str:
 
 
 def parse_impl(text: str) -> dict[str, str]:
-    """`auto` (the tree's defaults), `eager` (every reference implementation) or `key=value,...` of IMPL_KEYS."""
+    """`auto` (the tree's defaults), `eager` (every reference implementation) or `key=value,...` of IMPL_KEYS
+    (a tree without one of the keys ignores it)."""
     if text == "auto":
         return {}
     if text == "eager":
@@ -218,35 +242,48 @@ def parse_impl(text: str) -> dict[str, str]:
 
 @dataclass
 class Variant:
-    """One configuration of our step: implementations (`impl_name` as given) and the source tree it runs from."""
+    """One step timed against the transformers step: ours with implementations (`impl_name` as given), compiled or
+    not, from a source tree; or the transformers step compiled (`Variant.theirs_compiled()`)."""
 
     impl_name: str
     tree: Path
+    compile: bool = False
+    kind: str = "ours"
     impl: dict[str, str] = field(init=False)
     commit: str = field(init=False)
 
     def __post_init__(self):
-        self.impl = parse_impl(self.impl_name)
+        self.impl = parse_impl(self.impl_name) if self.kind == "ours" else {}
         if not (self.tree / "debertav3" / "__init__.py").is_file():
             raise ValueError(f"--ours ...@{self.tree}: no debertav3 package there; name a source tree")
         self.commit = tree_commit(self.tree)
 
     @classmethod
     def parse(cls, spec: str) -> "Variant":
-        """`IMPL` (this checkout) or `IMPL@TREE`, e.g. `auto`, `eager`, `auto@/work/exp/base19`."""
+        """`IMPL[+compile][@TREE]`, e.g. `auto`, `eager+compile`, `auto@/work/exp/base19`."""
         impl_name, _, tree = spec.partition("@")
-        return cls(impl_name, Path(tree).resolve() if tree else REPO)
+        impl_name, plus, option = impl_name.partition("+")
+        if plus and option != "compile":
+            raise ValueError(f"--ours {spec!r}: the only option after + is compile")
+        return cls(impl_name, Path(tree).resolve() if tree else REPO, compile=bool(plus))
+
+    @classmethod
+    def theirs_compiled(cls) -> "Variant":
+        return cls("", REPO, compile=True, kind=THEIRS)
 
     @property
     def label(self) -> str:
-        return f"ours {self.impl_name} @ {self.commit}"
+        if self.kind == THEIRS:
+            return f"{THEIRS} compiled"
+        return f"ours {self.impl_name}{' compiled' if self.compile else ''} @ {self.commit}"
 
     def spec(self) -> dict:
-        return {"kind": "ours", "impl": self.impl, "tree": str(self.tree), "label": self.label}
+        return {"kind": self.kind, "impl": self.impl, "compile": self.compile, "tree": str(self.tree),
+                "label": self.label}
 
 
 def theirs_spec() -> dict:
-    return {"kind": THEIRS, "tree": str(REPO), "label": THEIRS}
+    return {"kind": THEIRS, "compile": False, "tree": str(REPO), "label": THEIRS}
 
 
 def allocator_environment(setting: str) -> dict[str, str]:

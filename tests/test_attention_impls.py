@@ -1,10 +1,9 @@
-"""Every registered attention and dropout implementation against the reference ("eager").
+"""Every registered attention core against the reference ("eager", model/attention.py).
 
-Attention: the same weights and inputs through each implementation give the reference's output and every
-gradient (each parameter's and the input's) in fp32 to 1e-5 of the tensor's largest entry, over configs that
-reach each code path of the fast ones (band layout with one and several blocks, gathered and bucketed positions,
-per-sequence indices of the enhanced mask decoder, one position term, unshared position projections, padding).
-Dropout: the statistics of the mask, the scaling and the gradient, and seeding.
+The same weights and inputs through each implementation give the reference's output and every gradient (each
+parameter's and the input's) in fp32 to 1e-5 of the tensor's largest entry, over configs that reach each code path
+of the fast ones (band layout with one and several blocks, gathered and bucketed positions, per-sequence indices of
+the enhanced mask decoder, one position term, unshared position projections, padding).
 """
 
 import copy
@@ -15,10 +14,8 @@ import torch
 from debertav3.model import implementations
 from debertav3.model.backbone import Encoder
 from debertav3.model.config import ModelConfig
-from debertav3.model.dropout import Dropout
 
-ATTENTION = [name for name in implementations.available("attention") if name not in ("auto", "eager")]
-DROPOUT = [name for name in implementations.available("dropout") if name != "auto"]
+ATTENTION = [name for name in implementations.NAMES if name != implementations.REFERENCE]
 TOL = 1e-5
 
 # id: (config overrides, sequence length). Widths and head counts vary from case to case.
@@ -113,7 +110,7 @@ def test_encoder_output_and_every_gradient_equal_the_reference(impl, case, padde
     overrides, length = CASES[case]
     reference, other = encoders(impl, overrides)
     x, mask, weights = inputs(reference.config, length, padded)
-    run = lambda encoder, x: encoder(x, mask)[-1]  # noqa: E731
+    run = lambda encoder, x: encoder(x, mask, encoder.relative_context(length))[-1]  # noqa: E731
     expected = reference_results(reference, run, x, weights)
     assert_same_results(outputs_and_gradients(other, lambda: run(other, x), x, weights), *expected)
 
@@ -130,9 +127,9 @@ def test_decoder_form_equals_the_reference(impl, case):
     query = torch.randn(3, 5, x.shape[-1], generator=torch.Generator().manual_seed(5))
 
     def decode(encoder, x):
-        rel, idx = encoder.relative_context(length, x.device)
+        rel, idx = encoder.relative_context(length)
         layer = encoder.layer[-1]
-        keys_values = layer.attention.keys_values(x)
+        keys_values = layer.attention.self.keys_values(x)
         states = query.to(x.dtype)
         for _ in range(2):
             states = layer(x, mask, states, rel, None if idx is None else idx[positions], keys_values)
@@ -148,10 +145,11 @@ def test_attention_with_dropout_is_reproducible_under_manual_seed(impl):
     encoder = Encoder(config(impl, dropout=0.2))
     randomize_(encoder, 6)
     x, mask, weights = inputs(encoder.config, 40, padded=True)
+    run = lambda: encoder(x, mask, encoder.relative_context(40))[-1]  # noqa: E731
 
     def seeded(seed):
         torch.manual_seed(seed)
-        return outputs_and_gradients(encoder, lambda: encoder(x, mask)[-1], x, weights)
+        return outputs_and_gradients(encoder, run, x, weights)
 
     first, again, other = seeded(7), seeded(7), seeded(8)
     assert torch.equal(first[0], again[0]) and not torch.equal(first[0], other[0])
@@ -160,54 +158,28 @@ def test_attention_with_dropout_is_reproducible_under_manual_seed(impl):
     with torch.no_grad():  # eval turns every dropout off: the implementation then gives the reference's result
         reference = Encoder(config(dropout=0.2)).eval()
         reference.load_state_dict(encoder.state_dict())
-        assert_close(encoder(x, mask)[-1], reference(x, mask)[-1], "eval output")
+        assert_close(run(), reference(x, mask, reference.relative_context(40))[-1], "eval output")
 
 
-def test_auto_runs_the_cpu_kernel_on_the_cpu():
-    encoder = Encoder(config("auto"))
-    x = torch.randn(1, 4, 32)
-    assert encoder.layer[0].attention.implementation(x).name == implementations.AUTO["attention"]["cpu"]
-    assert implementations.resolve_name("attention", "auto", "cuda") == "sdpa"
-
-
-@pytest.mark.parametrize("p", [0.1, 0.5])
-@pytest.mark.parametrize("impl", DROPOUT)
-def test_dropout_keeps_at_the_rate_scales_and_passes_the_masked_gradient(impl, p):
-    """Keep fraction within 5 binomial standard deviations of 1 - p; kept values x / (1 - p), dropped 0; x's
-    gradient is the mask times 1 / (1 - p); with a residual the sum is added and its gradient passes through;
-    eval and p = 0 are the identity."""
-    n = 1 << 20
-    drop = Dropout(p, impl)
-    x = (torch.rand(n) + 0.5).requires_grad_()  # no zeros, so a zero output means dropped
-    residual = torch.randn(n, requires_grad=True)
+@pytest.mark.parametrize("impl", ["eager"] + ATTENTION)
+def test_probability_dropout_keeps_at_the_rate_and_scales(impl):
+    """The core's own dropout: with uniform scores (q = k = 0, no position terms) every probability is 1 / Lk, so
+    each context entry of v = 1 is (kept count) / (Lk (1 - p)): its mean is 1 and its spread the binomial's."""
+    p, L = 0.25, 64
+    core = implementations.resolve(impl)
+    q = torch.zeros(2, 4, L, 8)
+    v = torch.ones(2, 4, L, 8)
     torch.manual_seed(0)
-    y = drop(x)
-    kept = y != 0
-    assert abs(kept.float().mean().item() - (1 - p)) < 5 * (p * (1 - p) / n) ** 0.5
-    assert torch.allclose(y[kept], x[kept] / (1 - p))
-    grad_out = torch.randn(n)
-    (grad,) = torch.autograd.grad(y, x, grad_out)
-    assert torch.allclose(grad, grad_out * kept / (1 - p))
-    torch.manual_seed(0)
-    y_sum = drop(x, residual)
-    assert torch.allclose(y_sum, y + residual)  # the same mask under the same seed
-    grad_x, grad_residual = torch.autograd.grad(y_sum, (x, residual), grad_out)
-    assert torch.allclose(grad_x, grad) and torch.equal(grad_residual, grad_out)
-    assert drop.eval()(x) is x and Dropout(0.0, impl)(x) is x
+    context = core(q, q, v, None, None, None, torch.ones(2, L, dtype=torch.bool), 0.5, p)
+    kept = context[..., 0] * L * (1 - p)  # [2, 4, L] kept counts out of L
+    assert torch.allclose(kept, kept.round(), atol=1e-4)  # whole numbers: a 0 / 1 mask scaled by 1 / (1 - p)
+    assert abs(kept.mean().item() / L - (1 - p)) < 0.02
+    assert abs(kept.var().item() - L * p * (1 - p)) < 0.3 * L * p * (1 - p)
 
 
-@pytest.mark.parametrize("impl", DROPOUT)
-def test_dropout_mask_follows_manual_seed(impl):
-    drop, x = Dropout(0.3, impl), torch.randn(4096)
-    torch.manual_seed(1)
-    first, second = drop(x), drop(x)
-    torch.manual_seed(1)
-    assert torch.equal(drop(x), first) and not torch.equal(first, second)
-
-
-@pytest.mark.parametrize("impl", DROPOUT)
-def test_dropout_impl_switches_every_dropout_of_the_model(impl):
-    encoder = Encoder(config(dropout_impl=impl, dropout=0.1))
-    impls = {module.impl for module in encoder.modules() if isinstance(module, Dropout)}
-    assert impls == {impl}
-    assert sum(isinstance(module, Dropout) for module in encoder.modules()) == 4 * encoder.config.num_hidden_layers  # position, probabilities, two outputs
+def test_auto_picks_by_device_in_one_table():
+    assert implementations.resolve_name("auto", "cpu") == implementations.AUTO["cpu"] == "cpu_fused"
+    assert implementations.resolve_name("auto", "cuda") == "sdpa"
+    assert implementations.resolve_name("auto", "tpu") == implementations.REFERENCE
+    assert Encoder(config("auto")).layer[0].attention.self.impl == "cpu_fused"  # built on the CPU
+    assert ModelConfig(attention_impl="auto").for_device("cuda").attention_impl == "sdpa"

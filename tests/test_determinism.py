@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from debertav3 import preset
 from debertav3.model import MaskedLMModel
+from debertav3.objective.rtd import prediction_positions
 from debertav3.train import load_config
 from debertav3.train.checkpoint import complete_checkpoints
 from debertav3.train.loop import train
@@ -53,10 +54,11 @@ def test_generator_gradients_repeat_exactly_with_two_threads():
     ids = torch.randint(4, 1000, (16, 128), generator=gen)
     mask = torch.ones_like(ids)
     masked = torch.rand(ids.shape, generator=gen) < 0.15
+    positions = prediction_positions(ids.masked_fill(~masked, -100))
 
     def gradients():
         model.zero_grad(set_to_none=True)
-        model(ids, mask, masked).logsumexp(-1).sum().backward()
+        model(ids, mask, positions).logsumexp(-1).sum().backward()
         return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
     with threads(2), competing_cpu_load():

@@ -4,11 +4,12 @@ import torch
 
 from debertav3 import preset
 from debertav3.model import MaskedLMModel, RTDHead
+from debertav3.objective.rtd import prediction_positions
 
 
 def full_sequence_emd(model: MaskedLMModel, ids, mask):
     """Reference: the EMD for every position (official form), computed with the layer called directly."""
-    states, keep, (rel, idx) = model.deberta.hidden_states(ids, mask, num_layers=model.config.num_hidden_layers - 1)
+    states, keep, (rel, idx) = model.deberta.encode(ids, mask, num_layers=model.config.num_hidden_layers - 1)
     hidden = states[-1]
     query = model.deberta.embeddings.position_embeddings.weight[: ids.shape[1]] + hidden
     last = model.deberta.encoder.layer[-1]
@@ -27,12 +28,14 @@ def test_masked_rows_emd_equals_full_emd_at_masked_positions():
     masked = (torch.rand(ids.shape, generator=gen) < 0.2) & mask.bool()
     masked[0, :] = False
     masked[0, 5] = True  # rows with very different numbers of masked positions
+    positions = prediction_positions(torch.where(masked, ids, -100))  # [3, M]; rows padded with unmasked ones
     with torch.no_grad():
-        ours = model(ids, mask, masked)
-        reference_h = full_sequence_emd(model, ids, mask)[masked]
+        ours = model(ids, mask, positions)
+        full = full_sequence_emd(model, ids, mask)
+        reference_h = torch.gather(full, 1, positions[..., None].expand(-1, -1, full.shape[-1]))
         reference = model.lm_predictions["lm_head"](reference_h, model.deberta.embeddings.word_embeddings.weight)
-    assert ours.shape == (int(masked.sum()), 1000)
-    assert (ours - reference).abs().max() <= 1e-5
+    assert ours.shape == (3, int(masked.sum(1).max()), 1000)
+    assert (ours - reference).abs().max() <= 1e-5  # at the masked positions and at the padding slots alike
 
 
 def test_rtd_head_adds_cls_state_to_every_token():

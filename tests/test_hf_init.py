@@ -5,7 +5,7 @@ import torch
 
 from debertav3 import DebertaV3Model, RTDModel, generator_config, preset
 from debertav3.errors import CheckpointError
-from debertav3.interop.hf import config_to_hf, load_rtd_weights
+from debertav3.interop.hf import config_to_hf, load_rtd_weights, save_backbone
 
 transformers = pytest.importorskip("transformers", reason="transformers writes the reference checkpoints")
 
@@ -19,7 +19,7 @@ def released(tmp_path_factory):
     disc = DebertaV3Model(disc_cfg)
     with torch.no_grad():
         disc.embeddings.word_embeddings.weight.normal_()
-    disc.save_hf(root / "disc")
+    save_backbone(disc, root / "disc")
     gen_cfg = generator_config(disc_cfg)
     gen = transformers.DebertaV2ForMaskedLM(
         transformers.DebertaV2Config(**config_to_hf(gen_cfg, ["DebertaV2ForMaskedLM"])))

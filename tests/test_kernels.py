@@ -4,11 +4,8 @@ import pytest
 import torch
 
 from debertav3.model.config import ModelConfig
-from debertav3.model.attention import log_bucket_position, relative_index
-from debertav3.model.dropout import Dropout
+from debertav3.model.attention import RelativePositions, log_bucket_position
 from debertav3.ops.cpu_attention import DisentangledAttention, band_table_rows, is_band_index
-from debertav3.ops.dropout import keep_mask
-from debertav3.ops.head_linear import MergeHeads, SplitHeads
 from debertav3.ops.sdpa_attention import RelativeGather
 
 
@@ -112,87 +109,21 @@ def test_band_layout_equals_the_indexed_composition_and_passes_gradcheck(blocks)
 
 
 def test_band_index_detected_only_where_it_holds():
-    config = ModelConfig(vocab_size=100)  # v3 attention: 256 buckets, a 512-row table
+    positions = RelativePositions(ModelConfig(vocab_size=100))  # v3 attention: 256 buckets, a 512-row table
     outcomes = []
     for length in (7, 128, 130, 200, 512):
         distances = torch.arange(1 - length, length)
         unbucketed = torch.equal(log_bucket_position(distances, 256, 512), distances)
-        idx, _, rows = relative_index(length, length, config)
+        idx, _, rows = positions.index(length, length)
         assert is_band_index(idx, rows) is unbucketed, length
         outcomes.append(unbucketed)
     assert outcomes[0] and outcomes[1] and not outcomes[-1]
-    idx, _, rows = relative_index(16, 16, config)
+    idx, _, rows = positions.index(16, 16)
     assert not is_band_index(idx[None].expand(2, 16, 16), rows)  # a per-sequence (EMD) index
     assert not is_band_index(idx.flip(0), rows)
-
-
-def test_head_projections_equal_linear_with_permuted_heads_and_pass_gradcheck():
-    """SplitHeads is nn.Linear followed by the split into [H, N, D]; MergeHeads is the merge followed by nn.Linear;
-    forward and every gradient, in fp64."""
-    H, N, D, X, Y = 3, 5, 4, 7, 6
-    x, weight, bias = double(N, X, seed=1), double(H * D, X, seed=2), double(H * D, seed=3)
-    context, out_weight, out_bias = double(H, N, D, seed=4), double(Y, H * D, seed=5), double(Y, seed=6)
-    grad = torch.randn(H, N, D, dtype=torch.double)
-    split = SplitHeads.apply(x, weight, bias, H)
-    reference = torch.nn.functional.linear(x, weight, bias).view(N, H, D).transpose(0, 1)
-    assert torch.allclose(split, reference, atol=1e-12)
-    for a, b in zip(torch.autograd.grad(split, (x, weight, bias), grad),
-                    torch.autograd.grad(reference, (x, weight, bias), grad)):
-        assert torch.allclose(a, b, atol=1e-12)
-    merged = MergeHeads.apply(context, out_weight, out_bias)
-    reference = torch.nn.functional.linear(context.transpose(0, 1).reshape(N, H * D), out_weight, out_bias)
-    assert torch.allclose(merged, reference, atol=1e-12)
-    grad = torch.randn(N, Y, dtype=torch.double)
-    for a, b in zip(torch.autograd.grad(merged, (context, out_weight, out_bias), grad),
-                    torch.autograd.grad(reference, (context, out_weight, out_bias), grad)):
-        assert torch.allclose(a, b, atol=1e-12)
-    assert torch.autograd.gradcheck(lambda *t: SplitHeads.apply(*t, H), (x, weight, bias))
-    assert torch.autograd.gradcheck(MergeHeads.apply, (context, out_weight, out_bias))
 
 
 def test_relative_gather_gradcheck():
     table = double(2, 3, 6)
     index = torch.randint(0, 6, (3, 4), generator=torch.Generator().manual_seed(0)).expand(2, 3, 4)
     assert torch.autograd.gradcheck(lambda t: RelativeGather.apply(t, index), (table,))
-
-
-def test_cpu_bits_dropout_rate_scale_gradient_and_seeding():
-    """cpu_bits: the drop rate is round(p * 2^16) / 2^16 within 5 binomial standard deviations, in each of the
-    four 16-bit lanes of a word; kept values are scaled by 1 / (1 - p); the gradient is the same mask and scale;
-    the mask follows torch.manual_seed; eval is identity."""
-    p, n = 0.1, 1 << 20
-    torch.manual_seed(0)
-    keep = keep_mask((n,), p)
-    rate = round(p * 65536) / 65536
-    assert set(keep.unique().tolist()) == {0.0, 1.0}
-    assert abs((keep == 0).float().mean().item() - rate) < 5 * (rate * (1 - rate) / n) ** 0.5
-    for lane in range(4):  # each 64-bit word gives four 16-bit levels; each lane must drop at the rate
-        lane_rate = (keep[lane::4] == 0).float().mean().item()
-        assert abs(lane_rate - rate) < 5 * (rate * (1 - rate) / (n // 4)) ** 0.5
-    torch.manual_seed(0)
-    assert torch.equal(keep_mask((n,), p), keep)
-    assert not torch.equal(keep_mask((n,), p), keep)  # the next mask is a fresh draw
-    drop = Dropout(p, "cpu_bits")
-    x = torch.randn(64, 33, requires_grad=True)  # an element count that is not a multiple of 4
-    torch.manual_seed(1)
-    y = drop(x)
-    kept = y != 0
-    assert torch.allclose(y[kept], x[kept] / (1 - p))
-    (grad,) = torch.autograd.grad(y, x, torch.ones_like(y))
-    assert torch.equal(grad, kept.float() / (1 - p))
-    assert drop.eval()(x) is x and Dropout(0.0, "cpu_bits")(x) is x
-
-
-def test_cpu_bits_dropout_with_residual_equals_dropout_then_add_forward_and_backward():
-    """dropout(x, residual=r) draws the same mask as dropout(x) under the same seed; x's gradient is that mask
-    scaled, r's passes through."""
-    x, r = torch.randn(64, 33, requires_grad=True), torch.randn(64, 33, requires_grad=True)
-    grad = torch.randn(64, 33)
-    drop = Dropout(0.25, "cpu_bits")
-    torch.manual_seed(3)
-    fused = drop(x, r)
-    torch.manual_seed(3)
-    reference = drop(x) + r
-    assert torch.allclose(fused, reference, atol=1e-6)
-    for a, b in zip(torch.autograd.grad(fused, (x, r), grad), torch.autograd.grad(reference, (x, r), grad)):
-        assert torch.allclose(a, b, atol=1e-6)

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from debertav3 import RTDModel, generator_config, preset
+from debertav3.objective.rtd import detection_metrics, prediction_positions
+from debertav3.objective.sampling import sample_tokens
 
 MASK_ID = 999
 SPECIALS = (0, 1, 2, 3, MASK_ID)
@@ -95,22 +97,6 @@ def test_es_one_parameter_trained_by_both_losses():
     assert not is_zero(model.generator_embedding.grad)
 
 
-def test_es_sparse_lookup_gradient_equals_dense_and_leaves_a_dense_gradient():
-    """Under es the discriminator's lookup hands the shared table its rows only; the summed gradient must be the
-    dense lookup's, and dense even when L_RTD is backpropagated alone (fused AdamW takes no sparse gradient)."""
-    model, batch = make_model("es"), make_batch()
-    embeddings = model.discriminator.deberta.embeddings
-    assert embeddings.sparse_gradient
-    for loss_name in ("loss", "rtd_loss"):
-        grads = []
-        for sparse in (True, False):
-            embeddings.sparse_gradient = sparse
-            grads_of(model, loss_name, batch)
-            grads.append(model.generator_embedding.grad)
-        assert not grads[0].is_sparse and torch.allclose(grads[0], grads[1], rtol=1e-6, atol=1e-9)
-        embeddings.sparse_gradient = True
-
-
 def test_nes_separate_tables_and_rtd_leaves_generator_embedding_alone():
     model, batch = make_model("nes"), make_batch()
     assert model.discriminator_embedding() is not model.generator_embedding
@@ -139,23 +125,27 @@ def test_sampling_follows_softmax_and_skips_special_tokens():
     logits = torch.full((20000, 1000), -30.0)
     logits[:, 2] = 10.0  # [SEP] would win every draw if specials were allowed
     logits[:, 10], logits[:, 11] = 0.0, torch.log(torch.tensor(3.0))
-    draws = model.sample(logits, 1.0 - torch.rand(20000, generator=torch.Generator().manual_seed(0)))
+    probs = torch.softmax(logits / model.temperature, -1)
+    draws = sample_tokens(probs, 1.0 - torch.rand(20000, generator=torch.Generator().manual_seed(0)),
+                          model.special_token_ids)
     assert not torch.isin(draws, torch.tensor(SPECIALS)).any()
     share_11 = (draws == 11).float().mean().item()
     assert abs(share_11 - 0.75) < 0.02  # p(11) = 3 / (1 + 3)
 
 
 def test_metrics_hand_computed():
-    from debertav3.objective.rtd import detection_metrics
-
-    logits = torch.tensor([2.0, -1.0, 3.0, -2.0, 1.0])
-    targets = torch.tensor([1.0, 1.0, 0.0, 0.0, 1.0])
-    m = detection_metrics(logits, targets)
+    logits = torch.tensor([2.0, -1.0, 3.0, -2.0, 1.0, 5.0, 5.0])
+    replaced = torch.tensor([1, 1, 0, 0, 1, 1, 0]).bool()
+    valid = torch.tensor([1, 1, 1, 1, 1, 0, 0]).bool()  # the last two are padding: they count nowhere
+    m = detection_metrics(logits, replaced, valid)
     # predicted replaced: 0, 2, 4; true replaced: 0, 1, 4 -> TP 2, precision 2/3, recall 2/3, accuracy 3/5
     assert m["precision"].item() == pytest.approx(2 / 3)
     assert m["recall"].item() == pytest.approx(2 / 3)
     assert m["rtd_accuracy"].item() == pytest.approx(0.6)
     assert m["replaced_fraction"].item() == pytest.approx(0.6)
+    # pairs (replaced, original) over the valid five: (2, 3) (2, -2) (-1, 3) (-1, -2) (1, 3) (1, -2) -> 3 / 6
+    # (with the padding counted it would be 5.5 / 12: the replaced 5 wins twice and ties the original 5)
+    assert m["rtd_auc"].item() == pytest.approx(3 / 6)
 
 
 def test_metric_tensors_carry_auc_and_loss_vs_prior_of_the_detached_scores():
@@ -164,12 +154,14 @@ def test_metric_tensors_carry_auc_and_loss_vs_prior_of_the_detached_scores():
     model, batch = make_model("gdes"), make_batch()
     _, mask, _, _ = batch
     out = model(*batch[:3], generator=torch.Generator().manual_seed(1))
-    assert not out.rtd_logits.requires_grad and out.rtd_logits.shape == (int(mask.sum()),)
-    assert torch.equal(out.rtd_targets, out.rtd_labels[mask.bool()].float())
+    assert not out.rtd_logits.requires_grad and out.rtd_logits.shape == mask.shape
+    real = mask.bool()
+    scores, targets = out.rtd_logits[real], out.rtd_labels[real].float()
     metrics = out.metric_tensors()
-    assert "rtd_logits" not in metrics and "rtd_targets" not in metrics
-    assert torch.equal(metrics["rtd_auc"], roc_auc(out.rtd_logits, out.rtd_targets))
-    assert torch.equal(metrics["rtd_loss_vs_prior"], prior_relative_loss(out.rtd_logits, out.rtd_targets))
+    assert "rtd_logits" not in metrics and "rtd_labels" not in metrics
+    assert metrics["rtd_auc"].item() == pytest.approx(roc_auc(scores, targets).item(), abs=1e-7)
+    assert metrics["rtd_loss_vs_prior"].item() == pytest.approx(prior_relative_loss(scores, targets).item(),
+                                                                rel=1e-6)
     # with the default denominators the ratio's BCE is the model's RTD loss (both over the non-pad tokens)
     q = out.replaced_fraction.item()
     assert out.rtd_loss_vs_prior.item() == pytest.approx(
@@ -220,16 +212,42 @@ def test_overfits_one_batch(sharing, generator_width):
 
 
 def test_split_batch_with_global_denominators_equals_whole_batch():
-    """What data parallelism relies on: halves with shared uniforms and global counts average to the whole."""
+    """What data parallelism relies on: halves with shared slots, uniforms and global counts average to the
+    whole."""
     model, batch = make_model("gdes"), make_batch(batch=4)
     ids, mask, labels, _ = batch
     masked = labels != -100
-    uniforms = torch.rand(int(masked.sum()), generator=torch.Generator().manual_seed(3))
-    whole = model(ids, mask, labels, uniforms=uniforms)
-    split = int(masked[:2].sum())
-    halves = [model(ids[rows], mask[rows], labels[rows], uniforms=u,
-                    denominators=(masked.sum().item() / 2, mask.sum().item() / 2))
-              for rows, u in ((slice(0, 2), uniforms[:split]), (slice(2, 4), uniforms[split:]))]
+    positions = prediction_positions(labels, 12)
+    uniforms = 1.0 - torch.rand(positions.shape, generator=torch.Generator().manual_seed(3))
+    whole = model(ids, mask, labels, positions, uniforms)
+    denominators = torch.tensor([masked.sum().item() / 2, mask.sum().item() / 2])
+    halves = [model(ids[rows], mask[rows], labels[rows], positions[rows], uniforms[rows], denominators)
+              for rows in (slice(0, 2), slice(2, 4))]
     for name in ("loss", "mlm_loss", "rtd_loss"):
         mean_of_halves = (getattr(halves[0], name) + getattr(halves[1], name)) / 2
         assert torch.allclose(mean_of_halves, getattr(whole, name), atol=1e-6), name
+
+
+def test_prediction_positions_by_hand():
+    """Masked positions first, in order; then the unmasked ones in order, distinct, padding each row to the slots."""
+    labels = torch.full((2, 6), -100)
+    labels[0, [4, 1]] = 7
+    labels[1, 3] = 9
+    assert prediction_positions(labels, 3).tolist() == [[1, 4, 0], [3, 0, 1]]
+    assert prediction_positions(labels).tolist() == [[1, 4], [3, 0]]  # slots: the most masked of any row
+
+
+@pytest.mark.parametrize("sharing", ["es", "nes", "gdes"])
+def test_more_slots_change_nothing_but_the_padding(sharing):
+    """The losses, replacements and metrics with exactly the needed slots equal those with many padding slots,
+    when each masked position gets the same uniform: padding slots carry no loss and write nothing back."""
+    model, batch = make_model(sharing), make_batch()
+    ids, mask, labels, _ = batch
+    tight = prediction_positions(labels)
+    loose = prediction_positions(labels, 20)
+    uniforms = 1.0 - torch.rand(loose.shape, generator=torch.Generator().manual_seed(4))
+    a = model(ids, mask, labels, tight, uniforms[:, :tight.shape[1]])
+    b = model(ids, mask, labels, loose, uniforms)
+    assert torch.equal(a.discriminator_input_ids, b.discriminator_input_ids)
+    for name, value in a.metric_tensors().items():
+        assert torch.allclose(value, b.metric_tensors()[name], rtol=1e-6, atol=1e-7), name

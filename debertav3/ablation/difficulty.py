@@ -83,15 +83,15 @@ def measure(source: str, batches: int | None, max_tokens: int) -> list[dict]:
         with torch.no_grad():
             for i, start in enumerate(starts):
                 batch = make_micro_batch([valid[j] for j in range(start, start + size)], masker, tokenizer.pad_id,
-                                         micro_batch_seed(cfg.train.seed, -1 - i), 0, 1)
+                                         cfg.data.max_seq_length, micro_batch_seed(cfg.train.seed, -1 - i), 0, 1)
                 inputs = batch.inputs
-                out = model(**inputs, denominators=batch.denominators)
+                out = model(**inputs)
                 real, masked = inputs["attention_mask"].bool(), inputs["labels"] != IGNORE_INDEX
                 original = torch.where(masked, inputs["labels"], inputs["input_ids"])
                 unigram_input = original.clone()
                 unigram_input[masked] = torch.multinomial(sampling, int(masked.sum()), True, generator=draws)
-                found["logits"].append(out.rtd_logits.double())
-                found["targets"].append(out.rtd_targets.double())
+                found["logits"].append(out.rtd_logits[real].double())
+                found["targets"].append(out.rtd_labels[real].double())
                 found["bigram"].append(detector.scores(out.discriminator_input_ids)[real])
                 found["unigram_logits"].append(model.discriminator(unigram_input, inputs["attention_mask"],
                                                                    model.discriminator_embedding())[real].double())

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..constants import DOCUMENT_MODES, MASK_MODES
-from ..model.config import check_number, check_positive
+from ..validation import check_number, check_positive
 
 
 @dataclass

@@ -77,10 +77,13 @@ class BlockStream(torch.utils.data.IterableDataset):
         return (row["input_ids"].tolist() for row in self.stream)
 
 
-def pad_blocks(blocks: list, pad_id: int) -> dict[str, torch.Tensor]:
-    """input_ids [B, L] padded on the right with `pad_id` to the longest block, attention_mask [B, L] of 1/0."""
+def pad_blocks(blocks: list, pad_id: int, length: int | None = None) -> dict[str, torch.Tensor]:
+    """input_ids [B, L] padded on the right with `pad_id` to `length` (default: the longest block),
+    attention_mask [B, L] of 1/0."""
     ids = [torch.as_tensor(block, dtype=torch.long) for block in blocks]
     input_ids = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=pad_id)
+    if length is not None:
+        input_ids = torch.nn.functional.pad(input_ids, (0, length - input_ids.shape[1]), value=pad_id)
     lengths = torch.tensor([len(block) for block in ids])
     attention_mask = (torch.arange(input_ids.shape[1])[None, :] < lengths[:, None]).long()
     return {"input_ids": input_ids, "attention_mask": attention_mask}

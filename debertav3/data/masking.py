@@ -12,6 +12,10 @@ Shapes: B batch, L sequence length, V vocabulary.
   words are taken in random order until the selected tokens reach the target (a word is taken when its middle
   falls before the target, so the token rate stays mask_prob on average). Token masking is the special case
   where every token is a word.
+- At most `max_predictions(L)` tokens per sequence (ELECTRA's `max_predictions_per_seq`): the model predicts at
+  that fixed number of slots per sequence, so a training step has static shapes. Token masking never reaches the
+  cap (it selects at most ceil(mask_prob * n)); whole-word masking takes a word only while the sequence's
+  selection stays within it, which leaves the token rate as it was to within the figures of tests/test_data_masking.py.
 - Labels follow transformers: the original id where selected, -100 elsewhere.
 
 Every random draw comes from the caller's `torch.Generator` (on its own device), so a batch's masking is a pure
@@ -19,6 +23,8 @@ function of the generator state: the trainer seeds one per step and resumes exac
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -31,6 +37,9 @@ from .tokenizer import Tokenizer
 def _uniform(shape: tuple, generator: torch.Generator, device: torch.device) -> torch.Tensor:
     """U[0, 1) drawn on the generator's device (a CPU generator may serve a GPU batch), then moved to `device`."""
     return torch.rand(shape, generator=generator, device=generator.device).to(device)
+
+
+WHOLE_WORD_ROOM = 0.02  # whole-word masking's room above ceil(mask_prob * L), as a fraction of L
 
 
 class Masker:
@@ -47,6 +56,12 @@ class Masker:
         self.special_V[list(tokenizer.special_ids)] = True
         self.word_start_V = tokenizer.word_start
         self.ordinary_ids = (~self.special_V).nonzero().squeeze(1)  # what `bert` mode draws random tokens from
+
+    def max_predictions(self, length: int) -> int:
+        """The most tokens selected in a sequence of `length` tokens: ceil(mask_prob * length), plus room for the
+        last word's overhang under whole-word masking (`WHOLE_WORD_ROOM` of the length)."""
+        room = math.ceil(WHOLE_WORD_ROOM * length) if self.whole_word else 0
+        return max(1, min(length, math.ceil(self.mask_prob * length) + room))
 
     def select(self, input_ids_BL: torch.Tensor, attention_mask_BL: torch.Tensor,
                generator: torch.Generator) -> torch.Tensor:
@@ -71,7 +86,9 @@ class Masker:
         score_BW = _uniform((B, L), generator, device).masked_fill(~word_ok_BW, 2.0)
         order_BW = score_BW.argsort(1)
         sorted_len_BW = (word_len_BW * word_ok_BW).gather(1, order_BW)
-        taken_sorted_BW = (sorted_len_BW.cumsum(1) - sorted_len_BW / 2 < target_B[:, None]) & (sorted_len_BW > 0)
+        through_BW = sorted_len_BW.cumsum(1)
+        taken_sorted_BW = (through_BW - sorted_len_BW / 2 < target_B[:, None]) & (sorted_len_BW > 0) \
+            & (through_BW <= self.max_predictions(L))
         taken_BW = torch.zeros_like(taken_sorted_BW).scatter_(1, order_BW, taken_sorted_BW)
         return taken_BW.gather(1, word_BL) & candidate_BL
 

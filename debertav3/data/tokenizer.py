@@ -26,7 +26,7 @@ from typing import Iterable, Iterator, Sequence
 import sentencepiece as spm
 import torch
 
-from ..model.config import check_number
+from ..validation import check_number
 from ..usage import check_writable
 from .sources import iter_documents, resolve_files
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..model.config import check_number
+from ..validation import check_number
 from .data import TASK_TYPES
 
 REPOSITORY = Path(__file__).resolve().parents[2]

@@ -26,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..model import DebertaV3Model
 from ..model.config import ModelConfig
 from ..io_utils import atomic_directory
 from ..errors import CheckpointError
@@ -132,16 +133,17 @@ def write_hf_directory(path: str | os.PathLike, config_json: dict, state: dict[s
             (tmp / name).write_bytes(Path(src).read_bytes())
 
 
-def load_backbone(path: str | os.PathLike, cls, **kwargs):
-    """A `DebertaV3Model` with the config and backbone weights of a HF DebertaV2 directory."""
-    model = cls(read_config(path), **kwargs)
+def load_backbone(path: str | os.PathLike, **kwargs) -> DebertaV3Model:
+    """A `DebertaV3Model` with the config and backbone weights of a HF DebertaV2 directory (`kwargs` go to the
+    config, `attention_impl="eager"` say)."""
+    model = DebertaV3Model(read_config(path).replace(**kwargs))
     wrapper = nn.Module()
     wrapper.deberta = model
     load_weights(wrapper, path)
     return model
 
 
-def save_backbone(model, path: str | os.PathLike) -> None:
+def save_backbone(model: DebertaV3Model, path: str | os.PathLike) -> None:
     """Write a `DebertaV2Model` directory: no missing or unexpected keys for `AutoModel.from_pretrained`."""
     state = {k: v for k, v in model.state_dict().items()
              if not (k == "embeddings.position_embeddings.weight" and not model.config.position_biased_input)}
@@ -162,25 +164,21 @@ def _load_named(module: nn.Module, path: str, setting: str) -> None:
 def load_rtd_weights(model, discriminator_dir: str | None, generator_dir: str | None) -> None:
     """Initialise an `RTDModel` from released checkpoints (continued pretraining).
 
-    The generator loads backbone, MLM head and EMD position table where present. The discriminator's word
-    embeddings E_D are mapped onto the sharing mode: nes loads them as they are; gdes keeps E_G and sets
-    E_Delta = E_D - E_G, so the effective E_D equals the checkpoint's; es (one table) takes E_D when no
-    generator checkpoint supplies E_G.
+    The generator loads backbone, MLM head and EMD position table where present; the discriminator its backbone
+    and RTD head. The discriminator's word embeddings E_D are handed to the objective, which maps them onto its
+    sharing mode (`RTDModel.set_discriminator_embedding`), except under es with a generator checkpoint, whose
+    E_G is the one shared table.
     """
     if generator_dir:
         _load_named(model.generator, generator_dir, "model.init_generator")
     if not discriminator_dir or model.discriminator is None:
         return
     _load_named(model.discriminator, discriminator_dir, "model.init_discriminator")
-    if model.embedding_sharing == "nes":
+    if model.embedding_sharing == "nes" or (model.embedding_sharing == "es" and generator_dir):
         return
     state = read_state_dict(discriminator_dir)
     key = next((k for k in ("deberta.embeddings.word_embeddings.weight", "embeddings.word_embeddings.weight")
                 if k in state), None)
     if key is None:
         raise CheckpointError(f"{discriminator_dir} has no word embeddings (embeddings.word_embeddings.weight)")
-    with torch.no_grad():
-        if model.embedding_sharing == "gdes":
-            model.embedding_delta.copy_(state[key] - model.generator_embedding)
-        elif not generator_dir:
-            model.generator_embedding.copy_(state[key])
+    model.set_discriminator_embedding(state[key])

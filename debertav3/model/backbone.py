@@ -6,61 +6,44 @@ A state dict of `DebertaV3Model` maps one-to-one onto transformers' `DebertaV2Mo
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
+from .attention import DisentangledSelfAttention, RelativePositions, activation
 from .config import ModelConfig
-from .attention import AttentionImplementation, DisentangledSelfAttention, activation, attention_implementation, \
-    relative_index
-from .dropout import Dropout
 from .embeddings import Embeddings
 
 
 class SelfOutput(nn.Module):
-    """LayerNorm(dropout(dense(x)) + residual) (keys `attention.output.*` and `output.*`); see `finish`."""
+    """LayerNorm(dropout(dense(h)) + residual) (keys `attention.output.*` and `output.*`)."""
 
     def __init__(self, in_size: int, config: ModelConfig):
         super().__init__()
         self.dense = nn.Linear(in_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = Dropout(config.hidden_dropout_prob, config.dropout_impl)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def finish(self, projected: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """LayerNorm(dropout(projected) + residual), `projected` being `dense`'s output: the attention
-        implementation applies `dense` (`AttentionImplementation`), the feed-forward block in its forward."""
-        return self.LayerNorm(self.dropout(projected, residual))
+    def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(h)) + residual)
 
 
 class Attention(nn.Module):
-    """Self-attention and its output block: LayerNorm(dropout(output.dense(self(...))) + residual).
-
-    `impl` (the config's `attention_impl`) names the implementation that computes output.dense(self(...));
-    `attention_implementation` resolves it for the device, and to the reference where it declines this module.
-    """
+    """Self-attention and its output block: LayerNorm(dropout(output.dense(self(...))) + residual), the residual
+    being the queries' states."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.self = DisentangledSelfAttention(config)
         self.output = SelfOutput(config.hidden_size, config)
-        self.impl = config.attention_impl
 
     def forward(self, hidden_states: torch.Tensor, key_padding_mask: torch.Tensor,
                 query_states: torch.Tensor | None = None, rel_embeddings: torch.Tensor | None = None,
                 rel_idx: torch.Tensor | None = None, keys_values: tuple | None = None) -> torch.Tensor:
-        """The attention block's output [B, Lq, HD]; arguments as `DisentangledSelfAttention.forward`, with
-        `keys_values` from this module's `keys_values`. The residual is the queries' states."""
-        implementation = self.implementation(hidden_states)
-        projected = implementation(self, hidden_states, key_padding_mask, query_states, rel_embeddings, rel_idx,
-                                   keys_values)
-        return self.output.finish(projected, hidden_states if query_states is None else query_states)
-
-    def keys_values(self, hidden_states: torch.Tensor) -> tuple:
-        """This layer's keys and values of hidden_states [B, L, HD], in the form its implementation takes back in
-        `forward`: the enhanced mask decoder's two passes share them (same layer, same hidden states)."""
-        return self.implementation(hidden_states).keys_values(self, hidden_states)
-
-    def implementation(self, x: torch.Tensor) -> AttentionImplementation:
-        return attention_implementation(self, x.device.type)
+        """[B, Lq, HD]; arguments as `DisentangledSelfAttention.forward`."""
+        context = self.self(hidden_states, key_padding_mask, query_states, rel_embeddings, rel_idx, keys_values)
+        return self.output(context, hidden_states if query_states is None else query_states)
 
 
 class Intermediate(nn.Module):
@@ -75,16 +58,6 @@ class Intermediate(nn.Module):
         return self.act(self.dense(x))
 
 
-class FeedForwardOutput(SelfOutput):
-    """LayerNorm(dropout(dense(h)) + residual), h the `Intermediate` output."""
-
-    def __init__(self, config: ModelConfig):
-        super().__init__(config.intermediate_size, config)
-
-    def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.finish(self.dense(h), residual)
-
-
 class Layer(nn.Module):
     """One post-LN transformer block: attention block, then feed-forward block. With `query_states`, queries (and
     the residual) come from them while keys and values come from `hidden_states`: the form the enhanced mask
@@ -94,11 +67,11 @@ class Layer(nn.Module):
         super().__init__()
         self.attention = Attention(config)
         self.intermediate = Intermediate(config)
-        self.output = FeedForwardOutput(config)
+        self.output = SelfOutput(config.intermediate_size, config)
 
     def forward(self, hidden_states, key_padding_mask, query_states=None, rel_embeddings=None, rel_idx=None,
                 keys_values=None):
-        """`keys_values`: this layer's `attention.keys_values(hidden_states)`, for a caller that reuses them."""
+        """`keys_values`: this layer's `attention.self.keys_values(hidden_states)`, for a caller that reuses them."""
         attended = self.attention(hidden_states, key_padding_mask, query_states, rel_embeddings, rel_idx,
                                   keys_values)
         return self.output(self.intermediate(attended), attended)
@@ -113,35 +86,44 @@ class Encoder(nn.Module):
         self.layer = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
         if config.relative_attention:
             self.rel_embeddings = nn.Embedding(2 * config.relative_span, config.hidden_size)
+            self.relative_positions = RelativePositions(config)
         if config.relative_attention and config.norm_rel_ebd == "layer_norm":
             self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def relative_context(self, length: int, device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def relative_context(self, length: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(normalised relative table rows the sequence can reach, index into them) for self-attention."""
         if not self.config.relative_attention:
             return None, None
-        idx, first, rows = relative_index(length, length, self.config, device)
+        idx, first, rows = self.relative_positions.index(length, length)
         # LayerNorm is row-wise, so normalising only the reachable rows equals slicing the normalised table.
         table = self.rel_embeddings.weight[first: first + rows]
         if hasattr(self, "LayerNorm"):
             table = self.LayerNorm(table)
         return table, idx
 
-    def forward(self, hidden_states: torch.Tensor, key_padding_mask: torch.Tensor, num_layers: int | None = None,
-                relative: tuple | None = None) -> list[torch.Tensor]:
+    def forward(self, hidden_states: torch.Tensor, key_padding_mask: torch.Tensor, relative: tuple,
+                num_layers: int | None = None) -> list[torch.Tensor]:
         """Run the first `num_layers` layers (all by default); returns [input, output of layer 1, ...]."""
-        rel_embeddings, rel_idx = relative or self.relative_context(hidden_states.shape[1], hidden_states.device)
+        rel_embeddings, rel_idx = relative
         states = [hidden_states]
         for layer in self.layer[: num_layers]:
             states.append(layer(states[-1], key_padding_mask, rel_embeddings=rel_embeddings, rel_idx=rel_idx))
         return states
 
 
+class EncoderOutput(NamedTuple):
+    """What the layers of `DebertaV3Model.encode` produce and what a decoder on top of them reuses."""
+
+    states: list[torch.Tensor]  # [embeddings, layer 1, ..., layer n], each [B, L, HD]
+    key_padding_mask: torch.Tensor  # [B, L] bool, True at real tokens
+    relative: tuple  # (normalised relative table rows [R, HD], index [L, L] into them), or (None, None)
+
+
 class DebertaV3Model(nn.Module):
     """The DeBERTa-v3 encoder: `DebertaV3Model(config)(input_ids, attention_mask)` -> last hidden states [B, L, HD].
 
     Numerically the same network as transformers' `DebertaV2Model` (tests/test_parity.py). Load and save
-    Hugging Face directories with `from_hf` / `save_hf`.
+    Hugging Face directories with `debertav3.interop.hf.load_backbone` / `save_backbone`.
     """
 
     def __init__(self, config: ModelConfig, own_word_embeddings: bool = True, absolute_positions: bool = False):
@@ -167,27 +149,18 @@ class DebertaV3Model(nn.Module):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                      word_embedding_weight: torch.Tensor | None = None, num_layers: int | None = None):
-        """All hidden states [embeddings, layer 1, ..., layer num_layers], the padding mask and relative context."""
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               word_embedding_weight: torch.Tensor | None = None, num_layers: int | None = None) -> EncoderOutput:
+        """The embeddings and the first `num_layers` layers (all by default), with what a decoder reuses."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         key_padding_mask = attention_mask.bool()
         x = self.embeddings(input_ids, attention_mask, word_embedding_weight)
-        relative = self.encoder.relative_context(input_ids.shape[1], input_ids.device)
-        return self.encoder(x, key_padding_mask, num_layers, relative), key_padding_mask, relative
+        relative = self.encoder.relative_context(input_ids.shape[1])
+        return EncoderOutput(self.encoder(x, key_padding_mask, relative, num_layers), key_padding_mask, relative)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 word_embedding_weight: torch.Tensor | None = None) -> torch.Tensor:
-        return self.hidden_states(input_ids, attention_mask, word_embedding_weight)[0][-1]
-
-    @classmethod
-    def from_hf(cls, path: str, **kwargs) -> "DebertaV3Model":
-        """Load a transformers DebertaV2 checkpoint directory (config.json plus safetensors or bin)."""
-        from ..interop.hf import load_backbone
-        return load_backbone(path, cls, **kwargs)
-
-    def save_hf(self, path: str) -> None:
-        """Write a directory that `transformers.AutoModel.from_pretrained` loads with no missing or unexpected keys."""
-        from ..interop.hf import save_backbone
-        save_backbone(self, path)
+        """The last hidden states [B, L, HD]; `word_embedding_weight` the table to look ids up in, when the owner
+        supplies it (GDES: E_D = sg(E_G) + E_Delta)."""
+        return self.encode(input_ids, attention_mask, word_embedding_weight).states[-1]

@@ -2,7 +2,7 @@
 
 `ModelConfig` mirrors the fields of transformers' `DebertaV2Config` that the DeBERTa-v3 network uses, so a
 config.json moves between us and Hugging Face by copying keys (see `debertav3.interop.hf`). Every value is checked in
-`__post_init__` and a bad one raises a one-line `ValueError` that names the field and the fix.
+`__post_init__` and a bad one raises a one-line `ConfigError` that names the field and the fix.
 
 The training schema (data, optimiser, trainer sections) lives in `debertav3.train.config` so that the model
 package stays importable on its own.
@@ -11,42 +11,17 @@ package stays importable on its own.
 from __future__ import annotations
 
 import dataclasses
-import math
-import re
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .implementations import CONFIG_KEYS, check_name
+from ..errors import ConfigError
+from ..validation import check_number, check_positive
+from . import implementations
 
 POSITION_TERMS = ("c2p", "p2c")
 ACTIVATIONS = ("gelu", "relu", "gelu_new", "silu", "tanh")
 NORM_REL_EBD = ("layer_norm", "none")
-_INTERVAL = re.compile(r"^([\[(])(\S+), (\S+)([\])])$")
-
-
-def check_number(key: str, value: float, allowed: str) -> None:
-    """Raise a one-line ValueError naming `key` unless `value` is a finite number that is `allowed`.
-
-    `allowed` is "> 0", ">= 0" or an interval as written in mathematics, "[0, 1)" or "(0, 1]". NaN and the
-    infinities always fail: every comparison with NaN is false, so without this check a NaN passes `x <= 0`.
-    """
-    if allowed in ("> 0", ">= 0"):
-        ok = value > 0 if allowed == "> 0" else value >= 0
-        wanted = f"a finite number {allowed}"
-    else:
-        opening, low, high, closing = _INTERVAL.match(allowed).groups()
-        ok = (float(low) < value if opening == "(" else float(low) <= value) and \
-             (value < float(high) if closing == ")" else value <= float(high))
-        wanted = f"in {allowed}"
-    if not (ok and math.isfinite(value)):
-        raise ValueError(f"{key} must be {wanted}, got {value}")
-
-
-def check_positive(section: str, obj, names: tuple[str, ...]) -> None:
-    """Raise a one-line ValueError for the first of the integer fields `names` of `obj` that is not >= 1."""
-    for name in names:
-        if getattr(obj, name) <= 0:
-            raise ValueError(f"{section}.{name} must be positive, got {getattr(obj, name)}")
+IMPLEMENTATION_KEYS = ("attention_impl",)  # how the network is computed, not what it is: left out of config.json
 
 
 @dataclass
@@ -77,11 +52,9 @@ class ModelConfig:
     # `embed_proj`, takes them to hidden_size, and the MLM head maps back (ELECTRA's narrower generator reading the
     # discriminator-wide shared table). None: hidden_size, no projection.
     embedding_size: Optional[int] = None
-    # Which implementation runs each swappable piece (debertav3/model/implementations.py): the same network
-    # either way, so these are left out of config.json.
+    # Which function computes the attention core (debertav3/model/implementations.py): the same network either
+    # way, so it is left out of config.json.
     attention_impl: str = "auto"
-    mlm_loss_impl: str = "auto"
-    dropout_impl: str = "auto"
 
     def __post_init__(self) -> None:
         if isinstance(self.pos_att_type, str):  # HF also accepts "p2c|c2p"
@@ -95,28 +68,27 @@ class ModelConfig:
         if self.embedding_size is not None:
             check_positive("model", self, ("embedding_size",))
             if self.embedding_size != self.hidden_size and self.position_biased_input:
-                raise ValueError("model.embedding_size differs from model.hidden_size, which needs "
+                raise ConfigError("model.embedding_size differs from model.hidden_size, which needs "
                                  "model.position_biased_input=false (the DeBERTa-v3 setting)")
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"model.hidden_size ({self.hidden_size}) must be divisible by "
+            raise ConfigError(f"model.hidden_size ({self.hidden_size}) must be divisible by "
                              f"model.num_attention_heads ({self.num_attention_heads})")
         unknown = [t for t in self.pos_att_type if t not in POSITION_TERMS]
         if unknown:
-            raise ValueError(f"model.pos_att_type has unknown term(s) {unknown}; use a subset of {list(POSITION_TERMS)}")
+            raise ConfigError(f"model.pos_att_type has unknown term(s) {unknown}; use a subset of {list(POSITION_TERMS)}")
         if self.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"model.hidden_act {self.hidden_act!r} is not supported; use one of {list(ACTIVATIONS)}")
+            raise ConfigError(f"model.hidden_act {self.hidden_act!r} is not supported; use one of {list(ACTIVATIONS)}")
         if self.norm_rel_ebd not in NORM_REL_EBD:
-            raise ValueError(f"model.norm_rel_ebd {self.norm_rel_ebd!r} is not supported; use one of {list(NORM_REL_EBD)}")
+            raise ConfigError(f"model.norm_rel_ebd {self.norm_rel_ebd!r} is not supported; use one of {list(NORM_REL_EBD)}")
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             check_number(f"model.{name}", getattr(self, name), "[0, 1)")
         if self.type_vocab_size < 0:
-            raise ValueError(f"model.type_vocab_size must be >= 0, got {self.type_vocab_size}")
+            raise ConfigError(f"model.type_vocab_size must be >= 0, got {self.type_vocab_size}")
         if not 0 <= self.pad_token_id < self.vocab_size:
-            raise ValueError(f"model.pad_token_id {self.pad_token_id} is outside the vocabulary (size {self.vocab_size})")
+            raise ConfigError(f"model.pad_token_id {self.pad_token_id} is outside the vocabulary (size {self.vocab_size})")
         check_number("model.layer_norm_eps", self.layer_norm_eps, "> 0")
         check_number("model.initializer_range", self.initializer_range, "> 0")
-        for kind, key in CONFIG_KEYS.items():
-            check_name(kind, getattr(self, key))
+        implementations.check_name(self.attention_impl)
 
     @property
     def embedding_width(self) -> int:
@@ -137,11 +109,16 @@ class ModelConfig:
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
 
+    def for_device(self, device_type: str) -> "ModelConfig":
+        """This config with `attention_impl: auto` resolved for a device type ("cpu", "cuda", ...): what a model
+        built elsewhere (on the CPU, say) and moved to that device should run."""
+        return self.replace(attention_impl=implementations.resolve_name(self.attention_impl, device_type))
+
     def to_dict(self) -> dict:
-        """The architecture's fields (what config.json holds): every field but the implementation choices, and
+        """The architecture's fields (what config.json holds): every field but the implementation choice, and
         `embedding_size` only when set (transformers reads a missing one as hidden_size, a null one as an error)."""
         return {k: v for k, v in dataclasses.asdict(self).items()
-                if k not in CONFIG_KEYS.values() and not (k == "embedding_size" and v is None)}
+                if k not in IMPLEMENTATION_KEYS and not (k == "embedding_size" and v is None)}
 
 
 # Released deberta-v3 sizes (docs/reference.md, table "size"); everything else takes the defaults above.
@@ -159,7 +136,7 @@ PRESETS: dict[str, dict] = {
 def preset(name: str, **overrides) -> ModelConfig:
     """`ModelConfig` for a named size (xsmall, small, base, large, tiny), with field overrides."""
     if name not in PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+        raise ConfigError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
     return ModelConfig(**{**PRESETS[name], **overrides})
 
 
@@ -174,7 +151,7 @@ def generator_config(discriminator: ModelConfig, num_hidden_layers: int | None =
     """
     layers = num_hidden_layers if num_hidden_layers is not None else max(1, discriminator.num_hidden_layers // 2)
     if layers < 1:
-        raise ValueError(f"generator num_hidden_layers must be >= 1, got {layers}")
+        raise ConfigError(f"generator num_hidden_layers must be >= 1, got {layers}")
     width = hidden_size if hidden_size is not None else discriminator.hidden_size
     ratio = width / discriminator.hidden_size
     heads = max(1, round(discriminator.num_attention_heads * ratio))

@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dropout import Dropout
 from .config import ModelConfig
 
 
@@ -20,11 +19,6 @@ class Embeddings(nn.Module):
     `word_embeddings` may be None when the owner supplies the table in forward (GDES: E_D = sg(E_G) + E_Delta).
     `position_embeddings` exists when the input is position-biased or when the enhanced mask decoder needs
     absolute positions (generator); only in the first case are they added here.
-
-    `sparse_gradient` (set by an owner that knows the table receives a dense gradient later in backward, such as
-    the tied MLM head's) makes the lookup's gradient the looked-up rows only, on CPU: autograd adds it into the
-    dense one in place, where a dense lookup gradient would zero-fill and add a whole [V, HD] table. `lookup` is
-    the word lookup `forward` calls; an owner may replace it for one forward pass (ops/tied_table.py).
     """
 
     def __init__(self, config: ModelConfig, own_word_embeddings: bool = True, absolute_positions: bool = False):
@@ -42,14 +36,13 @@ class Embeddings(nn.Module):
                                       if config.type_vocab_size > 0 else None)
         self.embed_proj = nn.Linear(width, config.hidden_size, bias=False) if width != config.hidden_size else None
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = Dropout(config.hidden_dropout_prob, config.dropout_impl)
-        self.sparse_gradient = False
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 word_embedding_weight: torch.Tensor | None = None) -> torch.Tensor:
         """`word_embedding_weight`: the table to look the ids up in, when the owner supplies it (default: own)."""
         weight = self.word_embeddings.weight if word_embedding_weight is None else word_embedding_weight
-        x = self.lookup(input_ids, weight)
+        x = F.embedding(input_ids, weight, padding_idx=self.pad_token_id)  # the padding row gets no gradient
         if self.position_biased_input:
             x = x + self.position_embeddings.weight[: input_ids.shape[1]]
         if self.token_type_embeddings is not None:  # token types are all zero in pretraining
@@ -58,9 +51,3 @@ class Embeddings(nn.Module):
             x = self.embed_proj(x)
         x = self.LayerNorm(x) * attention_mask.unsqueeze(-1).to(x.dtype)
         return self.dropout(x)
-
-    def lookup(self, input_ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """The rows of `weight` at `input_ids` (F.embedding); the padding row receives no gradient."""
-        # Not under torch.compile, whose backward takes dense gradients only.
-        sparse = self.sparse_gradient and weight.device.type == "cpu" and not torch.compiler.is_compiling()
-        return F.embedding(input_ids, weight, padding_idx=self.pad_token_id, sparse=sparse)

@@ -5,11 +5,11 @@
   hidden_size to the embedding width (the official `BertLMPredictionHead`; transformers' legacy head).
 - `enhanced_mask_decoder`: DeBERTa's EMD (paper section 3.3, official `EnhancedMaskDecoder`): queries
   I = absolute position embeddings + H, H the second-to-last hidden states; the last layer is applied twice
-  (shared weights) with keys and values H. Computed only for the masked query rows.
+  (shared weights) with keys and values H. Computed only for the query rows asked for (the masked positions).
 - `RTDHead`: the official replaced-token head (keys `mask_predictions.*`):
   logits = classifier(act(dense(LayerNorm(h + h_[CLS])))), the final [CLS] state added to every token.
 
-Shape legend: B batch, L length, HD hidden size, N masked positions, V vocabulary.
+Shape legend: B batch, L length, HD hidden size, M positions per sequence, V vocabulary.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .attention import activation
-from .backbone import DebertaV3Model
+from .backbone import DebertaV3Model, EncoderOutput
 
 
 class LMPredictionHead(nn.Module):
@@ -53,32 +53,26 @@ class RTDHead(nn.Module):
         return self.classifier(self.act(self.dense(x))).squeeze(-1)
 
 
-def enhanced_mask_decoder(backbone: DebertaV3Model, hidden_BLH: torch.Tensor, key_padding_mask: torch.Tensor,
-                          relative: tuple, masked_BL: torch.Tensor) -> torch.Tensor:
-    """EMD at the masked positions: the last layer applied twice to queries I = P + H, keys and values H.
+def enhanced_mask_decoder(backbone: DebertaV3Model, encoded: EncoderOutput, positions_BM: torch.Tensor) -> torch.Tensor:
+    """EMD at the given positions: the last layer applied twice to queries I = P + H, keys and values H.
 
     Each query row only attends and passes through the feed-forward on its own, so computing the rows at the
-    masked positions (15%) gives exactly those rows of the full EMD at a fraction of its cost. The masked
-    positions of each sequence are gathered into M = max-per-sequence query slots. Returns [N, HD] in row-major
-    order of `masked_BL` (the order of `h[masked_BL]`).
+    masked positions (15%) gives exactly those rows of the full EMD at a fraction of its cost. `positions_BM` holds
+    M positions per sequence (a fixed number: static shapes); `encoded` is the backbone's output up to the
+    second-to-last layer. Returns [B, M, HD], row m of sequence b the EMD's output at position positions_BM[b, m].
     """
-    rel_embeddings, rel_idx = relative
-    batch_N, position_N = masked_BL.nonzero(as_tuple=True)
-    slot_N = (masked_BL.cumsum(1) - 1)[batch_N, position_N]
-    num_slots = int(slot_N.max()) + 1 if slot_N.numel() else 1
-    # Unused slots point at position 0: their rows are computed and dropped, never mixed into others.
-    position_BM = torch.zeros(masked_BL.shape[0], num_slots, dtype=torch.long, device=masked_BL.device)
-    position_BM[batch_N, slot_N] = position_N
-    hidden_BMH = torch.gather(hidden_BLH, 1, position_BM.unsqueeze(-1).expand(-1, -1, hidden_BLH.shape[-1]))
-    # F.embedding, not weight[position_BM]: indexing's backward accumulates the repeated positions with parallel
+    hidden_BLH = encoded.states[-1]
+    rel_embeddings, rel_idx = encoded.relative
+    hidden_BMH = torch.gather(hidden_BLH, 1, positions_BM.unsqueeze(-1).expand(-1, -1, hidden_BLH.shape[-1]))
+    # F.embedding, not weight[positions_BM]: indexing's backward accumulates repeated positions with parallel
     # atomic adds on CPU, in an order that changes from run to run; embedding's backward is deterministic.
-    query = nn.functional.embedding(position_BM, backbone.embeddings.position_embeddings.weight) + hidden_BMH
-    query_idx = rel_idx[position_BM] if rel_idx is not None else None  # [B, M, L]
+    query = nn.functional.embedding(positions_BM, backbone.embeddings.position_embeddings.weight) + hidden_BMH
+    query_idx = rel_idx[positions_BM] if rel_idx is not None else None  # [B, M, L]
     last = backbone.encoder.layer[-1]
-    keys_values = last.attention.keys_values(hidden_BLH)  # both passes attend to the same hidden states
+    keys_values = last.attention.self.keys_values(hidden_BLH)  # both passes attend to the same hidden states
     for _ in range(2):
-        query = last(hidden_BLH, key_padding_mask, query, rel_embeddings, query_idx, keys_values)
-    return query[batch_N, slot_N]
+        query = last(hidden_BLH, encoded.key_padding_mask, query, rel_embeddings, query_idx, keys_values)
+    return query
 
 
 class MaskedLMModel(nn.Module):
@@ -95,26 +89,15 @@ class MaskedLMModel(nn.Module):
         self.lm_predictions = nn.ModuleDict({"lm_head": LMPredictionHead(config)})
         self.lm_predictions.apply(self.deberta._init_weights)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, masked_BL: torch.Tensor,
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions_BM: torch.Tensor,
                 word_embedding_weight: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits [N, V] at the N positions where masked_BL is True (row-major order), and nowhere else."""
-        weight = self._table(word_embedding_weight)
-        return torch.matmul(self.masked_states(input_ids, attention_mask, masked_BL, weight), weight.t()) \
-            + self.lm_predictions["lm_head"].bias
-
-    def masked_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, masked_BL: torch.Tensor,
-                      word_embedding_weight: torch.Tensor | None = None) -> torch.Tensor:
-        """The head's transformed states [N, HD] at the masked positions: logits = states E^T + bias."""
-        weight = self._table(word_embedding_weight)
-        # The last layer's ordinary pass would be thrown away (the EMD re-applies it), so stop one layer early.
-        states, key_padding_mask, relative = self.deberta.hidden_states(
-            input_ids, attention_mask, weight, num_layers=self.config.num_hidden_layers - 1)
-        decoded_NH = enhanced_mask_decoder(self.deberta, states[-1], key_padding_mask, relative, masked_BL)
-        return self.lm_predictions["lm_head"].transform(decoded_NH)
-
-    def _table(self, word_embedding_weight: torch.Tensor | None) -> torch.Tensor:
-        return self.deberta.embeddings.word_embeddings.weight if word_embedding_weight is None \
+        """Logits [B, M, V] at `positions_BM` [B, M], and nowhere else; `word_embedding_weight` the tied table
+        when the owner supplies it (default: the backbone's own)."""
+        weight = self.deberta.embeddings.word_embeddings.weight if word_embedding_weight is None \
             else word_embedding_weight
+        # The last layer's ordinary pass would be thrown away (the EMD re-applies it), so stop one layer early.
+        encoded = self.deberta.encode(input_ids, attention_mask, weight, num_layers=self.config.num_hidden_layers - 1)
+        return self.lm_predictions["lm_head"](enhanced_mask_decoder(self.deberta, encoded, positions_BM), weight)
 
 
 class ReplacedTokenDetectionModel(nn.Module):

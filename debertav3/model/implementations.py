@@ -1,87 +1,60 @@
-"""Which implementation runs each swappable piece of the network: the reference or a registered fast path.
+"""Which function computes a layer's attention core: the reference or a registered fast path.
 
-Three pieces can be swapped, each chosen by a `ModelConfig` key (transformers' `attn_implementation` is the
-model for this):
+The core is the part of disentangled attention between the projections and the output dense (model/attention.py,
+`eager_attention`): q, k, v and the relative tables in, the context out. The projections stay in the module, so
+hooks, adapters and quantised Linear swaps apply on every path. The core is chosen by `ModelConfig.attention_impl`
+(transformers' `attn_implementation` is the model for this):
 
-    attention  (`attention_impl`)  one layer's disentangled attention, from its input to the projected output
-    mlm_loss   (`mlm_loss_impl`)   the generator's vocabulary step: tied projection, cross-entropy, accuracy, sampling
-    dropout    (`dropout_impl`)    the dropout applied to hidden states
+    eager      the reference, plain PyTorch (model/attention.py)
+    sdpa       the position terms as a bias to F.scaled_dot_product_attention (ops/sdpa_attention.py)
+    cpu_fused  one autograd function for the CPU (ops/cpu_attention.py)
+    auto       by device type, in `AUTO` and nowhere else
 
-`"eager"` is always the reference: plain PyTorch in debertav3/model and debertav3/objective, ordinary autograd,
-the formulas as the papers write them. Fast paths live in debertav3/ops and register themselves here when that
-package is imported; each is tested against its reference twin (tests/test_attention_impls.py,
-tests/test_mlm_loss_impls.py, tests/test_hooks.py). Without debertav3/ops the reference runs and the model still
-trains (tests/test_without_ops.py). `"auto"` picks by device in `AUTO`, and nowhere else.
+Names are checked against `NAMES` without importing anything; the fast paths register themselves when
+debertav3/ops is imported (debertav3/__init__.py does, if the package is there). A model resolves its core once,
+when it is built (`resolve`), for the device type it is built for.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Callable
 
-KINDS = ("attention", "mlm_loss", "dropout")
-CONFIG_KEYS = {kind: f"{kind}_impl" for kind in KINDS}  # the ModelConfig field that selects each kind
+from ..errors import ConfigError
+
 REFERENCE = "eager"
+NAMES = (REFERENCE, "sdpa", "cpu_fused")
+COMPILES = (REFERENCE, "sdpa")  # traced by torch.compile; the others run the reference core inside a compiled step
+# device type -> the core `auto` picks; a device not listed, or a fast path not registered, gets the reference.
+AUTO: dict[str, str] = {"cpu": "cpu_fused", "cuda": "sdpa", "mps": "sdpa", "xpu": "sdpa"}
 
-# device type -> the implementation `auto` prefers, per kind; a device not listed (or a fast path that is not
-# available) gets the reference.
-AUTO: dict[str, dict[str, str]] = {
-    "attention": {"cpu": "cpu_fused", "cuda": "sdpa", "mps": "sdpa", "xpu": "sdpa"},
-    "mlm_loss": {"cpu": "chunked", "cuda": "chunked", "mps": "chunked", "xpu": "chunked"},
-    "dropout": {"cpu": "cpu_bits"},
-}
-
-_registry: dict[str, dict[str, Callable]] = {kind: {} for kind in KINDS}
-_fast_paths_loaded = False
+_registry: dict[str, Callable] = {}
 
 
-def register(kind: str, name: str, implementation: Callable) -> Callable:
-    """Make `implementation` selectable as `<kind>_impl: name`; returns it (usable as a decorator's body)."""
-    if kind not in _registry:
-        raise KeyError(f"unknown implementation kind {kind!r}; one of {KINDS}")
-    _registry[kind][name] = implementation
-    return implementation
+def register(name: str, core: Callable) -> Callable:
+    """Make `core` selectable as `attention_impl: name` (one of `NAMES`); returns it."""
+    if name not in NAMES:
+        raise KeyError(f"attention implementation {name!r} is not one of {NAMES}")
+    _registry[name] = core
+    return core
 
 
-def _load_fast_paths() -> None:
-    """Import debertav3.ops once, which registers its implementations; without it only the reference exists."""
-    global _fast_paths_loaded
-    if _fast_paths_loaded:
-        return
-    _fast_paths_loaded = True
-    try:
-        importlib.import_module("debertav3.ops")
-    except ModuleNotFoundError as exc:
-        if exc.name != "debertav3.ops":  # a fast path that is there but broken is a bug: show it
-            raise
+def check_name(name: str) -> None:
+    """Raise a one-line error naming the config key and the choices unless `name` is a known choice."""
+    if name != "auto" and name not in NAMES:
+        raise ConfigError(f"model.attention_impl {name!r} is unknown; use one of {['auto', *NAMES]}")
 
 
-def available(kind: str) -> list[str]:
-    """The names `<kind>_impl` accepts: auto, the reference and every registered fast path."""
-    _load_fast_paths()
-    return ["auto", REFERENCE] + sorted(n for n in _registry[kind] if n != REFERENCE)
-
-
-def check_name(kind: str, name: str) -> None:
-    """Raise a one-line ValueError naming the config key and the choices unless `name` is selectable."""
-    if name not in available(kind):
-        raise ValueError(f"model.{CONFIG_KEYS[kind]} {name!r} is not available; use one of {available(kind)}")
-
-
-def resolve_name(kind: str, requested: str, device_type: str) -> str:
+def resolve_name(requested: str, device_type: str) -> str:
     """The implementation that runs for `requested` on a device of `device_type` ("cpu", "cuda", ...)."""
-    _load_fast_paths()
-    if requested == "auto":
-        preferred = AUTO[kind].get(device_type, REFERENCE)
-        return preferred if preferred in _registry[kind] else REFERENCE
-    return requested
+    if requested != "auto":
+        return requested
+    preferred = AUTO.get(device_type, REFERENCE)
+    return preferred if preferred in _registry else REFERENCE
 
 
-def resolve(kind: str, requested: str, device_type: str) -> Callable:
-    """The registered callable for `requested` (see `resolve_name`)."""
-    name = resolve_name(kind, requested, device_type)
-    try:
-        return _registry[kind][name]
-    except KeyError:
-        raise ValueError(f"model.{CONFIG_KEYS[kind]} {name!r} is not available; use one of {available(kind)}") \
-            from None
+def resolve(name: str) -> Callable:
+    """The core function registered as `name` (not `auto`: see `resolve_name`)."""
+    if name not in _registry:
+        raise ConfigError(f"model.attention_impl {name!r} is not available (debertav3.ops is not installed); "
+                          f"use auto or {REFERENCE}")
+    return _registry[name]

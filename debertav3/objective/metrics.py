@@ -10,7 +10,7 @@ Accuracy alone hides a collapsed discriminator: with 14% of tokens replaced, ans
     unigram_baselines     for the MLM: accuracy and cross-entropy of the best constant prediction for the targets
 
 All functions are fixed-shape tensor operations (no boolean-mask indexing, no `.item()`), so calling them in a
-training step costs no host sync.
+training step costs no host sync and traces under torch.compile; `valid` masks leave padding out.
 """
 
 from __future__ import annotations
@@ -19,26 +19,31 @@ import torch
 import torch.nn.functional as F
 
 
-def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def roc_auc(scores: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """ROC-AUC of the positive class (label 1, "replaced"): P(score of a positive > score of a negative), ties 1/2.
 
-    The Mann-Whitney U statistic with average ranks: sort once, then `searchsorted` left and right give each
-    score's tie range [lo, hi) in the sorted order, so its average 1-based rank is (lo + 1 + hi) / 2, and
-        AUC = (sum of the positives' ranks - P (P + 1) / 2) / (P N)      P positives, N negatives.
-    Ranks are summed doubled (2 rank = lo + hi + 1 is an integer) in int64, so the sum is exact at any size.
-    Positives are selected by weighting with the labels, not by masking (no host sync). Scalar float32 tensor;
-    NaN when either class is absent.
+    Counted pair by pair without enumerating pairs: sort the scores once; for each score, `searchsorted` left and
+    right give its tie range [lo, hi) in the sorted order, and the running count of negatives in that order gives
+    the negatives strictly below it (count at lo) and up to its ties (count at hi). A positive wins
+    below + (ties) / 2 pairs, so, summing twice that (an integer, exact in int64),
+        AUC = sum over positives of (count at lo + count at hi) / (2 P N)      P positives, N negatives.
+    `valid` (bool, the shape of `scores`) leaves the other entries out, padding say: they are neither positives
+    nor negatives. Fixed shapes throughout, no host sync. Scalar float32 tensor; NaN when either class is absent.
     """
     scores = scores.detach().flatten()
-    positive = (labels.detach().flatten() > 0.5).long()
-    ordered = torch.sort(scores).values
+    valid = torch.ones_like(scores, dtype=torch.bool) if valid is None else valid.flatten().bool()
+    replaced = labels.detach().flatten() > 0.5
+    positive, negative = (replaced & valid).long(), (~replaced & valid).long()
+    order = torch.argsort(scores)
+    ordered = scores[order]
+    negatives_through = negative[order].cumsum(0)  # negatives among the first k + 1 sorted scores
     lo = torch.searchsorted(ordered, scores, side="left")
     hi = torch.searchsorted(ordered, scores, side="right")
-    doubled_rank_sum = ((lo + hi + 1) * positive).sum()
-    num_positive = positive.sum()
-    num_negative = positive.numel() - num_positive
-    pairs = num_positive * num_negative
-    auc = (doubled_rank_sum - num_positive * (num_positive + 1)) / (2 * pairs).clamp(min=1)
+    below = torch.where(lo > 0, negatives_through[(lo - 1).clamp(min=0)], 0)
+    through_ties = negatives_through[(hi - 1).clamp(min=0)]
+    doubled_wins = ((below + through_ties) * positive).sum()
+    pairs = positive.sum() * negative.sum()
+    auc = doubled_wins / (2 * pairs).clamp(min=1)
     return torch.where(pairs > 0, auc, torch.nan).float()
 
 
@@ -48,16 +53,20 @@ def binary_entropy(q: torch.Tensor) -> torch.Tensor:
     return -(torch.xlogy(q, q) + torch.xlogy(1 - q, 1 - q))
 
 
-def prior_relative_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean binary cross-entropy of `logits` against `targets` divided by H(q), q = mean(targets).
+def prior_relative_loss(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean binary cross-entropy of `logits` against `targets` divided by H(q), q = mean(targets), both over the
+    `valid` entries (all by default).
 
     1.0 is what the constant logit ln(q / (1 - q)) scores on these tokens (the discriminator learned nothing beyond
     the replaced fraction), below 1.0 it detects replacements. NaN (not inf) when q is 0 or 1, where H(q) = 0.
     """
     logits = logits.detach()
     targets = targets.detach().to(logits.dtype)
-    prior = binary_entropy(targets.mean())
-    return torch.where(prior > 0, F.binary_cross_entropy_with_logits(logits, targets) / prior, torch.nan)
+    weight = torch.ones_like(logits) if valid is None else valid.to(logits.dtype)
+    count = weight.sum()
+    prior = binary_entropy((targets * weight).sum() / count)
+    loss = F.binary_cross_entropy_with_logits(logits, targets, weight=weight, reduction="sum") / count
+    return torch.where(prior > 0, loss / prior, torch.nan)
 
 
 def target_counts(targets: torch.Tensor, num_classes: int) -> torch.Tensor:

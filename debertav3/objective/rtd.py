@@ -1,7 +1,8 @@
 """Replaced token detection (ELECTRA, DeBERTaV3): the whole objective in one file.
 
-    generator (half depth, EMD + tied MLM head) fills the masked positions by sampling
-    -> discriminator labels every non-pad token original (0) or replaced (1)
+    generator (half depth, EMD + tied MLM head): logits at the masked positions -> L_MLM (cross-entropy)
+    -> replacements drawn from softmax(logits / T), special tokens excluded (ELECTRA sec. 3.1)
+    -> discriminator labels every non-pad token original (0) or replaced (1) -> L_RTD (BCE, official code)
     L = L_MLM + rtd_weight * L_RTD                          (DeBERTaV3 paper, lambda = 50)
 
 Token embeddings are shared in one of three ways (paper section 3), computed explicitly in `forward`:
@@ -10,9 +11,12 @@ Token embeddings are shared in one of three ways (paper section 3), computed exp
     gdes  E_D = sg(E_G) + E_Delta, E_Delta initialised to zeros: MLM updates E_G, RTD updates only E_Delta
 
 `objective="mlm"` is the DeBERTa MLM baseline: one full-depth backbone with the EMD, no discriminator.
-The generator's vocabulary step (L_MLM, accuracy, sampling) is the `mlm_loss` implementation the generator's
-`ModelConfig.mlm_loss_impl` selects (the reference is debertav3/objective/losses.py); L_RTD is `losses.rtd_loss`.
-Shape legend: B batch, L length, N masked positions, V vocabulary.
+
+Static shapes: the generator predicts at M positions per sequence, `mask_positions` [B, M] (ELECTRA's
+`max_predictions_per_seq`): each row's masked positions in increasing order, then unmasked positions that pad the
+row to M, whose targets are -100 and so carry no loss. With the positions and the loss denominators given, the
+forward pass has no host sync and no data-dependent shape, and traces whole under torch.compile.
+Shape legend: B batch, L length, M prediction slots per sequence, V vocabulary.
 """
 
 from __future__ import annotations
@@ -25,11 +29,27 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..constants import IGNORE_INDEX, SHARING_MODES
-from ..model import MaskedLMModel, ReplacedTokenDetectionModel, implementations
+from ..errors import ConfigError
+from ..model import MaskedLMModel, ReplacedTokenDetectionModel
 from ..model.config import ModelConfig
-from .losses import rtd_loss, tied_lookup
 from .metrics import prior_relative_loss, roc_auc
 from .sampling import sample_tokens
+
+
+def prediction_positions(labels_BL: torch.Tensor, slots: int | None = None) -> torch.Tensor:
+    """[B, slots]: each row's masked positions (labels != -100) in increasing order, then its unmasked positions
+    in increasing order, cut to `slots` per row.
+
+    The padding slots point at distinct unmasked positions, so writing replacements back with a scatter never
+    writes one position twice. `slots` must be at least the most masked positions of any row (the trainer takes
+    the masker's cap, `Masker.max_predictions`); None counts them (one host sync, for calls outside a training
+    step).
+    """
+    unmasked_BL = (labels_BL == IGNORE_INDEX).to(torch.uint8)
+    if slots is None:
+        slots = max(1, int((1 - unmasked_BL).sum(1).max()))
+    # A stable sort of 0 (masked) before 1 (unmasked) keeps each group in position order.
+    return torch.argsort(unmasked_BL, dim=1, stable=True)[:, :slots]
 
 
 @dataclass
@@ -46,20 +66,15 @@ class RTDOutput:
     recall: Optional[torch.Tensor] = None
     rtd_auc: Optional[torch.Tensor] = None  # ROC-AUC of the "replaced" scores (debertav3.objective.metrics.roc_auc)
     rtd_loss_vs_prior: Optional[torch.Tensor] = None  # BCE / H(replaced fraction); 1.0 = learned nothing
-    discriminator_input_ids: Optional[torch.Tensor] = None
-    rtd_labels: Optional[torch.Tensor] = None
-    rtd_logits: Optional[torch.Tensor] = None  # detached, float32 [non-pad tokens], in row-major order
-    rtd_targets: Optional[torch.Tensor] = None  # 1.0 replaced, 0.0 original, aligned with rtd_logits
+    discriminator_input_ids: Optional[torch.Tensor] = None  # [B, L]
+    rtd_labels: Optional[torch.Tensor] = None  # [B, L] bool, True where replaced (never at padding)
+    rtd_logits: Optional[torch.Tensor] = None  # [B, L] float32, detached
 
     def metric_tensors(self) -> dict[str, torch.Tensor]:
         """Detached scalar tensors, for accumulating without a host sync."""
         names = ("loss", "mlm_loss", "mlm_accuracy", "rtd_loss", "rtd_accuracy", "replaced_fraction", "precision",
                  "recall", "rtd_auc", "rtd_loss_vs_prior")
         return {n: getattr(self, n).detach().float() for n in names if getattr(self, n) is not None}
-
-    def metrics(self) -> dict[str, float]:
-        """Scalar values for logging (one host sync for all of them)."""
-        return to_floats(self.metric_tensors())
 
 
 class RTDModel(nn.Module):
@@ -74,9 +89,9 @@ class RTDModel(nn.Module):
                  objective: str = "rtd", special_token_ids: Sequence[int] = (0, 1, 2, 3)):
         super().__init__()
         if objective not in ("rtd", "mlm"):
-            raise ValueError(f"objective {objective!r} is unknown; use 'rtd' or 'mlm'")
+            raise ConfigError(f"objective {objective!r} is unknown; use 'rtd' or 'mlm'")
         if embedding_sharing not in SHARING_MODES:
-            raise ValueError(f"embedding_sharing {embedding_sharing!r} is unknown; use one of {list(SHARING_MODES)}")
+            raise ConfigError(f"embedding_sharing {embedding_sharing!r} is unknown; use one of {list(SHARING_MODES)}")
         self.objective, self.embedding_sharing = objective, embedding_sharing
         self.rtd_weight, self.temperature = rtd_weight, temperature
         self.generator = MaskedLMModel(generator_config)
@@ -84,22 +99,16 @@ class RTDModel(nn.Module):
         self.embedding_delta = None
         if objective == "rtd":
             if discriminator_config is None:
-                raise ValueError("objective 'rtd' needs a discriminator_config")
+                raise ConfigError("objective 'rtd' needs a discriminator_config")
             shared = embedding_sharing in ("es", "gdes")
             if shared and (generator_config.embedding_width, generator_config.vocab_size) != \
                     (discriminator_config.embedding_width, discriminator_config.vocab_size):
-                raise ValueError(f"embedding_sharing={embedding_sharing} needs the generator's and discriminator's "
-                                 "word embeddings to have the same width and vocab_size (a narrower generator "
-                                 "takes embedding_size = the discriminator's width); or use 'nes'")
+                raise ConfigError(f"embedding_sharing={embedding_sharing} needs the generator's and discriminator's "
+                                  "word embeddings to have the same width and vocab_size (a narrower generator "
+                                  "takes embedding_size = the discriminator's width); or use 'nes'")
             self.discriminator = ReplacedTokenDetectionModel(discriminator_config, own_word_embeddings=not shared)
             if embedding_sharing == "gdes":
                 self.embedding_delta = nn.Parameter(torch.zeros_like(self.generator_embedding))
-            # Under es the discriminator's lookup gradient reaches the shared table first in backward; as rows only
-            # (sparse), autograd adds them in place into the generator's dense gradient when that arrives, with no
-            # [V, HD] zero fill of their own.
-            self.discriminator.deberta.embeddings.sparse_gradient = embedding_sharing == "es"
-            if embedding_sharing == "es":  # L_RTD backpropagated alone leaves rows only: the optimizer wants dense
-                self.generator_embedding.register_post_accumulate_grad_hook(_densify_gradient)
         self.register_buffer("special_token_ids", torch.tensor(sorted(set(special_token_ids)), dtype=torch.long),
                              persistent=False)
 
@@ -117,73 +126,70 @@ class RTDModel(nn.Module):
         # The stop-gradient is what keeps the RTD loss from pulling on E_G (the paper's "tug of war").
         return self.generator_embedding.detach() + self.embedding_delta
 
+    @torch.no_grad()
+    def set_discriminator_embedding(self, table: torch.Tensor) -> None:
+        """Make the effective E_D equal `table` (a released discriminator's word embeddings), whatever the mode:
+        nes copies it; gdes keeps E_G and sets E_Delta = table - E_G; es copies it into the one shared table."""
+        if self.embedding_sharing == "gdes":
+            self.embedding_delta.copy_(table - self.generator_embedding)
+        elif self.embedding_sharing == "nes":
+            self.discriminator.deberta.embeddings.word_embeddings.weight.copy_(table)
+        else:
+            self.generator_embedding.copy_(table)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
-                generator: Optional[torch.Generator] = None, uniforms: Optional[torch.Tensor] = None,
-                denominators: Optional[tuple[float, float]] = None) -> RTDOutput:
-        """`uniforms` [N] in (0, 1] drive the sampling (default: drawn from `generator`); `denominators` =
-        (masked positions, non-pad tokens) to divide the summed losses by (default: this batch's counts).
-        The trainer passes both from the global batch so that any number of processes gives the same step."""
-        masked_BL = labels != IGNORE_INDEX
-        targets_N = labels[masked_BL]
+                mask_positions: Optional[torch.Tensor] = None, uniforms: Optional[torch.Tensor] = None,
+                denominators: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None) -> RTDOutput:
+        """`mask_positions` [B, M] the prediction slots (`prediction_positions`; default: computed from `labels`);
+        `uniforms` [B, M] in (0, 1] drive the sampling (default: drawn from `generator`); `denominators` = float
+        [2], (masked positions, non-pad tokens), what the summed losses are divided by (default: this batch's
+        counts). The trainer passes all three from the global batch, so any number of processes gives the same
+        step and the step compiles with static shapes."""
+        positions_BM = prediction_positions(labels) if mask_positions is None else mask_positions
+        targets_BM = labels.gather(1, positions_BM)  # -100 at the slots that pad a row
+        predicted_BM = targets_BM != IGNORE_INDEX
         real_BL = attention_mask.bool()
-        num_masked, num_tokens = denominators or (targets_N.numel(), real_BL.sum())
-        if uniforms is None and self.objective == "rtd":
-            uniforms = 1.0 - torch.rand(targets_N.shape, generator=generator, device=targets_N.device)
-        vocabulary_loss = implementations.resolve("mlm_loss", self.generator.config.mlm_loss_impl,
-                                                  input_ids.device.type)
-        table = self.generator_embedding
-        with tied_lookup(vocabulary_loss, self.generator.deberta.embeddings, table) as head_table:
-            states_NH = self.generator.masked_states(input_ids, attention_mask, masked_BL, table)
-            mlm_loss, mlm_accuracy, sampled_N = vocabulary_loss(
-                states_NH, head_table, self.generator.lm_predictions["lm_head"].bias, targets_N, uniforms,
-                num_masked, self.temperature, self.special_token_ids)
+        if denominators is None:
+            denominators = torch.stack([predicted_BM.sum(), real_BL.sum()]).float()
+        logits_BMV = self.generator(input_ids, attention_mask, positions_BM, self.generator_embedding).float()
+        mlm_loss = F.cross_entropy(logits_BMV.flatten(0, 1), targets_BM.flatten(), ignore_index=IGNORE_INDEX,
+                                   reduction="sum") / denominators[0]
+        mlm_accuracy = (logits_BMV.argmax(-1) == targets_BM).sum() / predicted_BM.sum().clamp(min=1)
         if self.objective == "mlm":
             return RTDOutput(loss=mlm_loss, mlm_loss=mlm_loss, mlm_accuracy=mlm_accuracy)
 
-        original_BL = torch.where(masked_BL, labels, input_ids)
-        discriminator_input = input_ids.masked_scatter(masked_BL, sampled_N)
-        # A sample equal to the original token is labelled original (ELECTRA, official code).
+        if uniforms is None:
+            uniforms = 1.0 - torch.rand(positions_BM.shape, generator=generator, device=positions_BM.device)
+        probs_NV = torch.softmax(logits_BMV.detach().flatten(0, 1) / self.temperature, -1)
+        sampled_BM = sample_tokens(probs_NV, uniforms.flatten(), self.special_token_ids).view_as(positions_BM)
+        # The padding slots write back what is there; a sample equal to the original is labelled original.
+        sampled_BM = torch.where(predicted_BM, sampled_BM, input_ids.gather(1, positions_BM))
+        discriminator_input = input_ids.scatter(1, positions_BM, sampled_BM)
+        original_BL = torch.where(labels != IGNORE_INDEX, labels, input_ids)
         rtd_labels = (discriminator_input != original_BL) & real_BL
-        rtd_logits_BL = self.discriminator(discriminator_input, attention_mask, self.discriminator_embedding())
-        rtd_logits, rtd_targets = rtd_logits_BL[real_BL].float(), rtd_labels[real_BL].float()
-        detection_loss = rtd_loss(rtd_logits, rtd_targets, num_tokens)
-        return RTDOutput(loss=mlm_loss + self.rtd_weight * detection_loss, mlm_loss=mlm_loss,
-                         mlm_accuracy=mlm_accuracy, rtd_loss=detection_loss,
-                         discriminator_input_ids=discriminator_input, rtd_labels=rtd_labels,
-                         rtd_logits=rtd_logits.detach(), rtd_targets=rtd_targets,
-                         **detection_metrics(rtd_logits.detach(), rtd_targets))
-
-    @torch.no_grad()
-    def sample(self, logits_NV: torch.Tensor, uniforms_N: torch.Tensor) -> torch.Tensor:
-        """Replacements ~ softmax(logits / temperature), special tokens excluded, no gradient (`sample_tokens`,
-        as every `mlm_loss` implementation draws in `forward`)."""
-        return sample_tokens(torch.softmax(logits_NV.float() / self.temperature, -1), uniforms_N,
-                             self.special_token_ids)
+        rtd_logits = self.discriminator(discriminator_input, attention_mask, self.discriminator_embedding()).float()
+        # BCE summed over non-pad tokens ([CLS] and [SEP] included, as the official code averages).
+        rtd_loss = F.binary_cross_entropy_with_logits(rtd_logits, rtd_labels.float(), weight=real_BL.float(),
+                                                      reduction="sum") / denominators[1]
+        return RTDOutput(loss=mlm_loss + self.rtd_weight * rtd_loss, mlm_loss=mlm_loss, mlm_accuracy=mlm_accuracy,
+                         rtd_loss=rtd_loss, discriminator_input_ids=discriminator_input, rtd_labels=rtd_labels,
+                         rtd_logits=rtd_logits.detach(), **detection_metrics(rtd_logits.detach(), rtd_labels, real_BL))
 
 
-def _densify_gradient(param: torch.Tensor) -> None:
-    if param.grad is not None and param.grad.is_sparse:
-        param.grad = param.grad.to_dense()
-
-
-def to_floats(tensors: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Scalar tensors to floats with a single host sync."""
-    return dict(zip(tensors, torch.stack(list(tensors.values())).tolist())) if tensors else {}
-
-
-def detection_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+def detection_metrics(logits: torch.Tensor, replaced: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
     """Accuracy, replaced fraction, precision / recall of the "replaced" class (0 where undefined), and the two
-    measures a constant answer cannot game: ROC-AUC (0.5) and BCE / H(replaced fraction) (1.0, debertav3.objective.metrics).
-    One sort of the batch's scores, no host sync."""
-    predicted = logits > 0
-    actual = targets > 0.5
+    measures a constant answer cannot game: ROC-AUC (0.5) and BCE / H(replaced fraction) (1.0,
+    debertav3.objective.metrics), all over the `valid` tokens. Fixed shapes, no host sync."""
+    predicted = (logits > 0) & valid
+    actual = replaced & valid
     true_positive = (predicted & actual).sum().float()
-    return dict(rtd_accuracy=(predicted == actual).float().mean(),
-                replaced_fraction=actual.float().mean(),
+    count = valid.sum().clamp(min=1)
+    return dict(rtd_accuracy=((predicted == actual) & valid).sum() / count,
+                replaced_fraction=actual.sum() / count,
                 precision=true_positive / predicted.sum().clamp(min=1),
                 recall=true_positive / actual.sum().clamp(min=1),
-                rtd_auc=roc_auc(logits, targets),
-                rtd_loss_vs_prior=prior_relative_loss(logits, targets))
+                rtd_auc=roc_auc(logits, actual, valid),
+                rtd_loss_vs_prior=prior_relative_loss(logits, actual, valid))
 
 
 @torch.no_grad()

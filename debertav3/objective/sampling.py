@@ -2,7 +2,7 @@
 
 One uniform u in (0, 1] per masked row drives an inverse-CDF draw, so a row's replacement depends on its own
 probabilities and uniform only: the same whether rows are drawn together, in chunks or split across processes.
-Plain tensor operations with no gradient; every `mlm_loss` implementation draws through `sample_tokens`.
+Plain fixed-shape tensor operations with no gradient.
 Shape legend: N masked rows, V vocabulary.
 """
 
@@ -13,21 +13,14 @@ import torch
 BLOCK = 256  # tokens per block of the two-level draw in `inverse_cdf`
 
 
-def sample_tokens(probs_NV: torch.Tensor, uniforms_N: torch.Tensor, special_ids: torch.Tensor,
-                  in_place: bool = False) -> torch.Tensor:
+def sample_tokens(probs_NV: torch.Tensor, uniforms_N: torch.Tensor, special_ids: torch.Tensor) -> torch.Tensor:
     """Inverse-CDF draw [N] from each row of `probs_NV` with the columns `special_ids` removed.
 
     Token i is drawn when cdf[i-1] < u * cdf[-1] <= cdf[i]: a token of zero probability (a special token) is never
-    drawn. The rows need not be normalised. With `in_place` the special columns of `probs_NV` (a tensor the caller
-    owns) are zeroed for the draw and restored afterwards, instead of zeroed in an [N, V] copy.
+    drawn. The rows need not be normalised.
     """
     specials = special_ids[special_ids < probs_NV.shape[-1]]
-    if not in_place:
-        return inverse_cdf(probs_NV.index_fill(-1, specials, 0.0), uniforms_N)
-    saved = probs_NV.index_select(-1, specials)
-    sampled = inverse_cdf(probs_NV.index_fill_(-1, specials, 0.0), uniforms_N)
-    probs_NV.index_copy_(-1, specials, saved)
-    return sampled
+    return inverse_cdf(probs_NV.index_fill(-1, specials, 0.0), uniforms_N)
 
 
 def inverse_cdf(probs_NV: torch.Tensor, uniforms_N: torch.Tensor, block: int = BLOCK) -> torch.Tensor:

@@ -1,8 +1,7 @@
-"""Fast paths, each registered with debertav3.model.implementations as it is imported (see there).
+"""Fast paths of the attention core, each registered with debertav3.model.implementations as it is imported.
 
-Optional: without this package the reference implementations run. Each module below is held to its reference
-twin by tests/test_implementations*.py.
+Optional: without this package the reference runs. Each is held to the reference core by
+tests/test_attention_impls.py.
 """
 
-from . import cpu_attention, dropout, sdpa_attention  # noqa: F401  (attention and dropout registrations)
-from . import mlm_loss  # noqa: F401  (the mlm_loss registration "chunked")
+from . import cpu_attention, sdpa_attention  # noqa: F401  (the registrations)

@@ -13,12 +13,11 @@ gradients written through strided band views instead (`band_view`), with no inde
 is multiplied only against the table rows it reaches. PyTorch's fused CPU attention cannot be used in training: it
 takes neither a bias with a gradient nor dropout.
 
-Layout: head-major, N = H * B, so that the products against the relative tables are one matrix per head; the query,
-key, value and output projections run as per-head products on their weights (ops/head_linear.py), so the layer's
-output comes without a merged copy of the heads. `CpuFusedAttention` ties these together behind the reference's
-interface (`debertav3.model.attention.AttentionImplementation`, tests/test_attention_impls.py) and declines, for
-the reference to run, a layer whose projections are not plain hook-free Linears. Its probability dropout is drawn
-here (`dropout.keep_mask`), whatever the model's `dropout_impl`.
+Layout: head-major, N = H * B, so that the products against the relative tables are one matrix per head.
+`cpu_fused_attention` ties these together behind the reference core's contract
+(`debertav3.model.attention.eager_attention`; tests/test_attention_impls.py holds it there): the projections stay
+in the module. The probability dropout's keep mask is torch's Bernoulli draw, as `F.dropout`'s.
+Under torch.compile, which does not trace this function, the reference core runs instead.
 """
 
 from __future__ import annotations
@@ -28,9 +27,7 @@ import functools
 import torch
 
 from ..model import implementations
-from ..model.attention import AttentionImplementation
-from .dropout import keep_mask
-from .head_linear import direct_weight_blocker, merge_project, project_heads
+from ..model.attention import eager_attention
 
 BAND_BLOCK = 32  # rows per block of the band layout (`band_view`)
 
@@ -42,7 +39,7 @@ class DisentangledAttention(torch.autograd.Function):
     idx [Lq, Lk] or [B, Lq, Lk] indexes their last dimension; or idx is None and the tables are band-layout
     products [H, K, B, T, W] (`band_view`, `band_table_rows`);
     key_padding_mask [B, Lk] is True at real tokens; keep_prob = 1 - p; keep [N, Lq, Lk] fp32 0 / 1 (0 where
-    dropped), or None to draw the mask here (`dropout.keep_mask`) when keep_prob < 1, into the buffer the p2c read
+    dropped), or None to draw the mask here (Bernoulli(keep_prob)) when keep_prob < 1, into the buffer the p2c read
     leaves free where there is one. The function takes keep's buffer over (it ends up holding the dropped-out
     probabilities): one [N, Lq, Lk] tensor fewer to allocate and fault in.
     """
@@ -61,7 +58,8 @@ class DisentangledAttention(torch.autograd.Function):
         probs = torch.ops.aten._softmax.out(scores, -1, False, out=scores)
         del scores_HBQK
         if keep is None and keep_prob < 1.0:
-            keep = keep_mask((N, Lq, Lk), 1.0 - keep_prob, q.device, None if spare is None else spare.view(N, Lq, Lk))
+            keep = (torch.empty((N, Lq, Lk), dtype=acc, device=q.device) if spare is None
+                    else spare.view(N, Lq, Lk)).bernoulli_(keep_prob)
         del spare
         if keep is None:
             dropped = probs
@@ -231,15 +229,13 @@ def _term_gradient(grad_HBQK: torch.Tensor, table_shape: torch.Size, idx: torch.
     return grad_table.scatter_add_(-1, idx.transpose(-1, -2).expand(grad_KQ.shape), grad_KQ)
 
 
-def against_table(x_HBLD: torch.Tensor, table_RX: torch.Tensor) -> torch.Tensor:
-    """x . table^T per head, [H, B, L, R]: one [B*L, D] x [D, R] product per head (the table's head h is columns
-    hD..(h+1)D)."""
+def against_table(x_HBLD: torch.Tensor, table_HRD: torch.Tensor) -> torch.Tensor:
+    """x . table^T per head, [H, B, L, R]: one [B*L, D] x [D, R] product per head."""
     H, B, L, D = x_HBLD.shape
-    table_HDR = table_RX.view(-1, H, D).permute(1, 2, 0)
-    return torch.bmm(x_HBLD.reshape(H, B * L, D), table_HDR).view(H, B, L, -1)
+    return torch.bmm(x_HBLD.reshape(H, B * L, D), table_HRD.transpose(1, 2)).view(H, B, L, -1)
 
 
-def against_band(x_HBLD: torch.Tensor, table_RX: torch.Tensor, term: str) -> torch.Tensor:
+def against_band(x_HBLD: torch.Tensor, table_HRD: torch.Tensor, term: str) -> torch.Tensor:
     """The band-layout product [H, K, B, T, W] of `band_view`: for each head and block of T rows, x [B*T, D]
     against the W table rows the block reaches (`band_table_rows`), in that order."""
     H, B, L, D = x_HBLD.shape
@@ -247,53 +243,28 @@ def against_band(x_HBLD: torch.Tensor, table_RX: torch.Tensor, term: str) -> tor
     K, W = rows_KW.shape
     x_blocks = x_HBLD.view(H, B, K, L // K, D).transpose(1, 2).reshape(H * K, B * L // K, D)
     # index_select, not indexing: its backward is an index_add rather than index_put's accumulate.
-    windows_HXD = torch.index_select(table_RX.view(-1, H, D).transpose(0, 1), 1, rows_KW.view(-1))
+    windows_HXD = torch.index_select(table_HRD, 1, rows_KW.view(-1))
     return torch.bmm(x_blocks, windows_HXD.view(H * K, W, D).transpose(1, 2)).view(H, K, B, L // K, W)
 
 
-class CpuFusedAttention(AttentionImplementation):
-    """Head-major projections (`project_heads`), position products in the band layout where the index allows it
-    (else against the whole table), `DisentangledAttention`, and the output projection on the unmerged heads."""
-
-    name = "cpu_fused"
-
-    def declines(self, attention) -> str | None:
-        attn = attention.self
-        for name, linear in (("query_proj", attn.query_proj), ("key_proj", attn.key_proj),
-                             ("value_proj", attn.value_proj), ("attention.output.dense", attention.output.dense)):
-            reason = direct_weight_blocker(name, linear)
-            if reason is not None:
-                return reason
-        return None
-
-    def keys_values(self, attention, hidden_states):
-        """Head-major [H, B, L, D] keys and values."""
-        attn = attention.self
-        return (project_heads(attn.key_proj, hidden_states, attn.num_heads),
-                project_heads(attn.value_proj, hidden_states, attn.num_heads))
-
-    def __call__(self, attention, hidden_states, key_padding_mask, query_states, rel_embeddings, rel_idx,
-                 keys_values):
-        attn = attention.self
-        queries_from = hidden_states if query_states is None else query_states
-        q_HBQD = project_heads(attn.query_proj, queries_from, attn.num_heads)
-        k_HBKD, v_HBKD = self.keys_values(attention, hidden_states) if keys_values is None else keys_values
-        H, B, Lq, D = q_HBQD.shape
-        Lk = k_HBKD.shape[2]
-        pos_key_RX, pos_query_RX = attn.scaled_relative_tables(rel_embeddings)
-        table = pos_key_RX if pos_key_RX is not None else pos_query_RX
-        band = table is not None and is_band_index(rel_idx, table.shape[0])
-        products = []
-        for x_HBLD, table_RX, term in ((q_HBQD, pos_key_RX, "c2p"), (k_HBKD, pos_query_RX, "p2c")):
-            if table_RX is None:
-                products.append(None)
-            else:
-                products.append(against_band(x_HBLD, table_RX, term) if band else against_table(x_HBLD, table_RX))
-        keep_prob = 1.0 - (attn.dropout.p if attn.training else 0.0)
-        context = DisentangledAttention.apply(
-            q_HBQD.view(H * B, Lq, D), k_HBKD.view(H * B, Lk, D), v_HBKD.view(H * B, Lk, D), *products,
-            None if band else rel_idx, key_padding_mask, attn.scale, None, keep_prob)
-        return merge_project(context.view(H, B, Lq, D), attention.output.dense)
+def cpu_fused_attention(q, k, v, pos_key, pos_query, rel_idx, key_padding_mask, scale, dropout_p):
+    """The attention core (`eager_attention`'s contract, context [B, H, Lq, D]) through `DisentangledAttention`:
+    q, k, v copied head-major, the scale folded into the small relative tables, the position products in the
+    band layout where the index allows it (else against the whole table)."""
+    if torch.compiler.is_compiling():
+        return eager_attention(q, k, v, pos_key, pos_query, rel_idx, key_padding_mask, scale, dropout_p)
+    B, H, Lq, D = q.shape
+    Lk = k.shape[2]
+    q_HBQD, k_HBKD, v_HBKD = (x.transpose(0, 1).contiguous() for x in (q, k, v))
+    tables = [None if t is None else t * scale for t in (pos_key, pos_query)]
+    present = tables[0] if tables[0] is not None else tables[1]
+    band = present is not None and is_band_index(rel_idx, present.shape[1])
+    products = [None if table is None else (against_band(x, table, term) if band else against_table(x, table))
+                for x, table, term in ((q_HBQD, tables[0], "c2p"), (k_HBKD, tables[1], "p2c"))]
+    context = DisentangledAttention.apply(
+        q_HBQD.view(H * B, Lq, D), k_HBKD.view(H * B, Lk, D), v_HBKD.view(H * B, Lk, D), *products,
+        None if band else rel_idx, key_padding_mask, scale, None, 1.0 - dropout_p)
+    return context.view(H, B, Lq, D).transpose(0, 1)
 
 
-implementations.register("attention", CpuFusedAttention.name, CpuFusedAttention())
+implementations.register("cpu_fused", cpu_fused_attention)

@@ -3,7 +3,9 @@
 Micro-batch k of the run is a pure function of (seed, k): map-style datasets are visited in a fresh seeded
 permutation every epoch, streaming ones in file order (restarting when exhausted). Every process builds the whole
 global micro-batch, masks it with a generator seeded by (seed, k), draws the sampling uniforms from the same
-generator, and keeps its own rows. Hence:
+generator, and keeps its own rows. Every micro-batch has the same shapes: blocks padded to `data.max_seq_length`,
+`Masker.max_predictions` prediction slots per sequence (objective/rtd.py), so a compiled step never recompiles and
+the forward pass needs no host sync. Hence also:
   - resuming needs only k (the data position) to continue exactly where the run stopped;
   - 2 processes x batch b see exactly what 1 process x batch 2b sees (losses use global denominators).
 """
@@ -17,19 +19,20 @@ import torch
 
 from ..data import Masker, pad_blocks
 from ..constants import IGNORE_INDEX
+from ..objective.rtd import prediction_positions
 
 
 @dataclass
 class MicroBatch:
     """One process's share of a global micro-batch, plus the global counts its losses are divided by."""
 
-    inputs: dict[str, torch.Tensor]  # input_ids, attention_mask, labels, uniforms
-    denominators: tuple[float, float]  # (masked positions, non-pad tokens) of the global batch / processes
+    # input_ids, attention_mask, labels [B, L]; mask_positions, uniforms [B, M]; denominators [2]: (masked
+    # positions, non-pad tokens) of the global batch / processes, what each process's summed losses are divided by
+    inputs: dict[str, torch.Tensor]
     global_tokens: int
 
     def to(self, device) -> "MicroBatch":
-        return MicroBatch({k: v.to(device, non_blocking=True) for k, v in self.inputs.items()},
-                          self.denominators, self.global_tokens)
+        return MicroBatch({k: v.to(device, non_blocking=True) for k, v in self.inputs.items()}, self.global_tokens)
 
 
 def micro_batch_seed(seed: int, position: int) -> int:
@@ -69,20 +72,24 @@ class BlockSource:
         return out
 
 
-def make_micro_batch(blocks: list, masker: Masker, pad_id: int, seed: int, process_index: int,
+def make_micro_batch(blocks: list, masker: Masker, pad_id: int, length: int, seed: int, process_index: int,
                      num_processes: int) -> MicroBatch:
-    """Pad, mask and draw sampling uniforms for the global micro-batch, then keep this process's rows."""
-    batch = pad_blocks(blocks, pad_id)
+    """Pad to `length`, mask and draw sampling uniforms for the global micro-batch, then keep this process's rows.
+
+    One uniform per masked position, drawn in row-major order of the masked positions; the slots that pad a row
+    get 1.0 and draw nothing that is kept."""
+    batch = pad_blocks(blocks, pad_id, length)
     generator = torch.Generator().manual_seed(seed)
     input_ids, labels = masker(batch["input_ids"], batch["attention_mask"], generator)
     masked = labels != IGNORE_INDEX
-    uniforms = 1.0 - torch.rand(int(masked.sum()), generator=generator)  # in (0, 1], see RTDModel.sample
+    positions = prediction_positions(labels, masker.max_predictions(length))
+    predicted = labels.gather(1, positions) != IGNORE_INDEX
+    uniforms = torch.ones(positions.shape)
+    uniforms[predicted] = 1.0 - torch.rand(int(masked.sum()), generator=generator)  # in (0, 1]
     per_process = len(blocks) // num_processes
     rows = slice(process_index * per_process, (process_index + 1) * per_process)
-    masked_before = masked.sum(dim=1).cumsum(0)
-    first = int(masked_before[rows.start - 1]) if rows.start > 0 else 0
-    last = int(masked_before[rows.stop - 1])
     num_tokens = int(batch["attention_mask"].sum())
+    denominators = torch.tensor([int(masked.sum()) / num_processes, num_tokens / num_processes])
     inputs = dict(input_ids=input_ids[rows], attention_mask=batch["attention_mask"][rows], labels=labels[rows],
-                  uniforms=uniforms[first:last])
-    return MicroBatch(inputs, (int(masked.sum()) / num_processes, num_tokens / num_processes), num_tokens)
+                  mask_positions=positions[rows], uniforms=uniforms[rows], denominators=denominators)
+    return MicroBatch(inputs, num_tokens)

@@ -10,11 +10,12 @@ from ..objective.rtd import RTDModel
 from .config import Config
 
 
-def build_model(cfg: Config, special_token_ids: Sequence[int]) -> RTDModel:
+def build_model(cfg: Config, special_token_ids: Sequence[int], device_type: str = "cpu") -> RTDModel:
     """The generator (half depth unless `model.generator_layers`, the discriminator's width unless
-    `model.generator_hidden_size`) and discriminator of `cfg`, or the single
-    full-depth MLM network for objective mlm, initialised from `model.init_*` directories where given."""
-    disc = cfg.model.backbone()
+    `model.generator_hidden_size`) and discriminator of `cfg`, or the single full-depth MLM network for objective
+    mlm, initialised from `model.init_*` directories where given; `attention_impl: auto` resolved for
+    `device_type`, the device the model will run on."""
+    disc = cfg.model.backbone().for_device(device_type)
     gen = disc
     if cfg.objective == "rtd":
         gen = generator_config(disc, cfg.model.generator_layers, cfg.model.generator_hidden_size)

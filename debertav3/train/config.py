@@ -12,7 +12,8 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..model.config import ModelConfig, check_number, check_positive
+from ..model.config import ModelConfig
+from ..validation import check_number, check_positive
 from ..constants import OBJECTIVES, SHARING_MODES
 from ..data.config import DataConfig
 from ..errors import ScheduleWarning

@@ -18,6 +18,7 @@ from ..data import Masker, Tokenizer, build_datasets
 from ..errors import CheckpointError, CollapseWarning, UserError
 from ..objective.metrics import prior_relative_loss, roc_auc, target_counts, unigram_baselines
 from ..constants import IGNORE_INDEX
+from ..model import implementations
 from ..objective.rtd import RTDModel, average_pairwise_cosine
 from .config import Config
 from .allocator import keep_freed_memory
@@ -67,7 +68,7 @@ class Trainer:
         try:
             self.tokenizer = Tokenizer.load(cfg.data.tokenizer)
             self.tokenizer.check_fits(cfg.model.vocab_size)
-            model = build_model(cfg, self.tokenizer.special_ids)
+            model = build_model(cfg, self.tokenizer.special_ids, self.accelerator.device.type)
             with self.accelerator.main_process_first():  # one process tokenizes; the others read its cache
                 self.train_set, self.valid_set = build_datasets(cfg.data, self.tokenizer, cfg.train.seed)
             self.identity = RunIdentity.of(cfg, self.tokenizer, self.accelerator.num_processes)
@@ -78,23 +79,34 @@ class Trainer:
         self.source = BlockSource(self.train_set, cfg.train.seed, cfg.data.streaming)
         optimizer = build_optimizer(model, cfg.optim)
         self.scheduler = linear_schedule(optimizer, cfg.optim.warmup_steps, cfg.train.max_steps)
-        if cfg.train.compile:
-            model = torch.compile(model)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        if cfg.train.compile:
+            self.model = self.compiled(self.model)
         # Not prepared: accelerate would step a prepared scheduler once per process.
         self.accelerator.register_for_checkpointing(self.scheduler)
         self.step, self.tokens_seen, self.skipped_steps = 0, 0, 0
         self.last_checkpoint: Path | None = None
         self.collapse_guard = CollapseGuard(cfg.train.collapse_check_step, cfg.train.collapse_auc)
 
+    def compiled(self, model):
+        """torch.compile of the prepared model: accelerate keeps (and checkpoints) the module itself, under its own
+        parameter names (`exact_compiled_steps` makes the compiled steps repeat exactly)."""
+        impl = self.cfg.model.for_device(self.accelerator.device.type).attention_impl
+        if impl not in implementations.COMPILES:
+            self.accelerator.print(f"train.compile: the {impl!r} attention core is not traced by torch.compile; "
+                                   "the compiled step runs the eager reference core")
+        return torch.compile(model)
+
     @property
     def raw_model(self) -> RTDModel:
-        return self.accelerator.unwrap_model(self.model)
+        """The model without accelerate's wrappers and without torch.compile's: evaluation runs it eagerly."""
+        return self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
 
     def micro_batch(self, position: int, blocks: list):
         acc = self.accelerator
-        return make_micro_batch(blocks, self.masker, self.tokenizer.pad_id, micro_batch_seed(self.cfg.train.seed,
-                                position), acc.process_index, acc.num_processes).to(acc.device)
+        return make_micro_batch(blocks, self.masker, self.tokenizer.pad_id, self.cfg.data.max_seq_length,
+                                micro_batch_seed(self.cfg.train.seed, position), acc.process_index,
+                                acc.num_processes).to(acc.device)
 
     def resume(self) -> None:
         restored = restore(self.accelerator, self.out, self.cfg.train.resume, self.cfg, self.identity)
@@ -117,7 +129,7 @@ class Trainer:
             batch = self.micro_batch(position, self.source.blocks(position * global_batch, global_batch))
             last = micro == cfg.gradient_accumulation_steps - 1
             with contextlib.nullcontext() if last else acc.no_sync(self.model):
-                out = self.model(**batch.inputs, denominators=batch.denominators)
+                out = self.model(**batch.inputs)
                 acc.backward(out.loss / cfg.gradient_accumulation_steps)
             for name, value in out.metric_tensors().items():
                 totals[name] = totals.get(name, 0.0) + value / cfg.gradient_accumulation_steps
@@ -169,14 +181,15 @@ class Trainer:
                 break
             blocks = [self.valid_set[j] for j in range(start, start + global_batch)]
             batch = self.micro_batch(-1 - i, blocks)
-            out = model(**batch.inputs, denominators=batch.denominators)
+            out = model(**batch.inputs)
             for name, value in out.metric_tensors().items():
                 totals[name] = totals.get(name, 0.0) + value
             labels = batch.inputs["labels"]
             counts += target_counts(labels[labels != IGNORE_INDEX], counts.numel())
             if out.rtd_logits is not None:
-                scores.append(out.rtd_logits)
-                targets.append(out.rtd_targets)
+                real = batch.inputs["attention_mask"].bool()
+                scores.append(out.rtd_logits[real])
+                targets.append(out.rtd_labels[real].float())
             count += 1
         if not count:
             return {}
@@ -291,6 +304,28 @@ class Trainer:
         return logged
 
 
+@contextlib.contextmanager
+def exact_compiled_steps(compiling: bool, device_type: str):
+    """While compiling, what an exact resume needs: inductor draws dropout masks from torch's generator
+    (`fallback_random`), as eager does, and on the CPU uses deterministic kernels (its scatter-adds otherwise
+    accumulate in thread order, and two compiled runs differ in the last bits). Restored on exit."""
+    if not compiling:
+        yield
+        return
+    from torch._inductor import config as inductor  # imported only by a run that compiles
+
+    saved = (inductor.fallback_random, torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled())
+    inductor.fallback_random = True
+    if device_type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        inductor.fallback_random = saved[0]
+        torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
+
+
 def train(cfg: Config, stop_after_steps: int | None = None) -> dict[str, float]:
     """Train as configured (resuming per `train.resume`); returns the last logged metrics.
 
@@ -299,6 +334,7 @@ def train(cfg: Config, stop_after_steps: int | None = None) -> dict[str, float]:
     checkpoints is refused before anything is built or written (resume.py).
     """
     accelerator = make_accelerator(cfg)  # first: it sets up the processes of a launch, which the claim needs
-    with claim_output_dir(cfg.train.output_dir, accelerator):
+    with claim_output_dir(cfg.train.output_dir, accelerator), \
+            exact_compiled_steps(cfg.train.compile, accelerator.device.type):
         refuse_foreign_checkpoints(cfg.train.output_dir, cfg.train.resume)
         return Trainer(cfg, accelerator).run(stop_after_steps)

@@ -1,0 +1,119 @@
+"""torch.compile: the whole RTD step traces as one graph, gives the eager losses and gradients, and the trainer's
+`train.compile=true` trains and resumes.
+
+`fullgraph=True` fails on any graph break, host sync or data-dependent shape in the generator, the sampling, the
+discriminator or the losses. The sharing modes trace with `aot_eager` (dynamo and AOT autograd, no code generation:
+quick), GDES also with inductor, the backend the trainer uses. Compiling takes tens of seconds on two cores, so the
+models are the smallest that keep every part (two layers, relative attention, a narrower generator).
+"""
+
+import pytest
+import torch
+
+from debertav3 import RTDModel, generator_config, preset
+from debertav3.model import implementations
+from debertav3.objective.rtd import prediction_positions
+
+SPECIALS = (0, 1, 2, 3, 99)
+
+
+def tiny_model(sharing: str, attention_impl: str = "eager") -> RTDModel:
+    torch.manual_seed(0)
+    disc = preset("tiny", vocab_size=100, hidden_size=32, intermediate_size=64, hidden_dropout_prob=0.0,
+                  attention_probs_dropout_prob=0.0, attention_impl=attention_impl)
+    return RTDModel(generator_config(disc, hidden_size=16), disc, sharing, special_token_ids=SPECIALS)
+
+
+def static_batch(padded: bool, seed: int = 0, batch: int = 3, length: int = 24, slots: int = 6) -> dict:
+    """A batch as the trainer builds it: prediction slots, uniforms and loss denominators included."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 99, (batch, length), generator=gen)
+    mask = torch.ones_like(ids)
+    if padded:
+        mask[1, length // 2:] = 0
+        ids = ids.masked_fill(mask == 0, 0)
+    selected = (torch.rand(ids.shape, generator=gen) < 0.15) & mask.bool()
+    selected[:, 1] = True
+    selected &= selected.cumsum(1) <= slots
+    labels = ids.masked_fill(~selected, -100)
+    positions = prediction_positions(labels, slots)
+    return dict(input_ids=ids.masked_fill(selected, 99), attention_mask=mask, labels=labels,
+                mask_positions=positions, uniforms=1.0 - torch.rand(positions.shape, generator=gen),
+                denominators=torch.tensor([float(selected.sum()), float(mask.sum())]))
+
+
+def losses_and_gradients(forward, model: RTDModel, batch: dict):
+    model.zero_grad(set_to_none=True)
+    out = forward(**batch)
+    out.loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    return {name: value.detach() for name, value in out.metric_tensors().items()}, grads
+
+
+def assert_same(compiled, eager) -> None:
+    (metrics, grads), (expected_metrics, expected_grads) = compiled, eager
+    for name, expected in expected_metrics.items():
+        assert torch.allclose(metrics[name], expected, rtol=1e-5, atol=1e-6), (name, metrics[name], expected)
+    assert grads.keys() == expected_grads.keys()
+    for name, expected in expected_grads.items():
+        assert (grads[name] - expected).abs().max() <= 1e-5 * max(1.0, expected.abs().max().item()), name
+
+
+@pytest.mark.parametrize("sharing,backend", [("es", "aot_eager"), ("nes", "aot_eager"), ("gdes", "aot_eager"),
+                                             ("gdes", "inductor")])
+def test_the_whole_step_compiles_as_one_graph_with_the_eager_results(sharing, backend):
+    torch._dynamo.reset()
+    model = tiny_model(sharing)
+    compiled = torch.compile(model, fullgraph=True, dynamic=False, backend=backend)
+    for padded in (False, True):  # same shapes: the second call reuses the graph
+        batch = static_batch(padded)
+        assert_same(losses_and_gradients(compiled, model, batch), losses_and_gradients(model, model, batch))
+
+
+@pytest.mark.parametrize("impl", [name for name in implementations.COMPILES if name != implementations.REFERENCE])
+def test_fast_paths_that_claim_compile_support_trace_as_one_graph(impl):
+    torch._dynamo.reset()
+    model = tiny_model("gdes", impl)
+    assert model.discriminator.deberta.encoder.layer[0].attention.self.impl == impl
+    compiled = torch.compile(model, fullgraph=True, dynamic=False, backend="aot_eager")
+    batch = static_batch(padded=True, seed=1)
+    assert_same(losses_and_gradients(compiled, model, batch), losses_and_gradients(model, model, batch))
+
+
+def test_a_fast_path_that_does_not_compile_runs_the_reference_core_inside_the_compiled_step():
+    torch._dynamo.reset()
+    assert "cpu_fused" not in implementations.COMPILES
+    model = tiny_model("gdes", "cpu_fused")
+    compiled = torch.compile(model, fullgraph=True, dynamic=False, backend="aot_eager")
+    batch = static_batch(padded=True, seed=2)
+    assert_same(losses_and_gradients(compiled, model, batch), losses_and_gradients(model, model, batch))
+
+
+def test_the_trainer_trains_compiled_and_resumes_exactly(tmp_path):
+    """`train.compile=true`: a run stopped after 2 steps and resumed ends with the weights and losses of a run
+    that went straight through 4 (the compiled kernels are the same in both, so the results are bit for bit)."""
+    from conftest import SMALL_MODEL, corpus_overrides, write_corpus
+    from test_train import final_weights, scalars
+
+    from debertav3.train import load_config
+    from debertav3.train.loop import train
+
+    corpus = write_corpus(tmp_path / "corpus", 60_000, 20_000)
+
+    def config(output_dir):
+        return load_config({"model": SMALL_MODEL, "data": {"max_seq_length": 32, "num_proc": 1},
+                            "optim": {"lr": 2e-3, "warmup_steps": 2},
+                            "train": {"batch_size": 4, "log_every": 1, "eval_every": 4, "eval_batches": 1,
+                                      "save_every": 2, "progress": False, "compile": True}},
+                           None, [*corpus_overrides(corpus), f"train.output_dir={output_dir}", "train.max_steps=4"])
+
+    torch._dynamo.reset()
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    train(config(straight))
+    train(config(interrupted), stop_after_steps=2)
+    train(config(interrupted))
+    a, b = final_weights(straight), final_weights(interrupted)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    losses = scalars(straight)["train/loss"]
+    assert losses == scalars(interrupted)["train/loss"] and len(losses) == 4
+    assert all(torch.isfinite(torch.tensor(list(losses.values()))))
