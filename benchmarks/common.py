@@ -68,12 +68,14 @@ def model_config(shape: dict, impl: dict[str, str]) -> ModelConfig:
 
 
 def make_batch(shape: dict, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random ids between [CLS]=1 and [SEP]=2, 15% of the inner positions replaced by [MASK] with MLM labels."""
+    """Random ids between [CLS]=1 and [SEP]=2; in each row round(15%) of the inner positions replaced by [MASK]
+    with MLM labels: the same number in every row, as the trainer's masker selects (data/masking.py)."""
     gen = torch.Generator().manual_seed(seed)
     original = torch.randint(10, shape["vocab"], (shape["batch"], shape["seq"]), generator=gen)
     original[:, 0], original[:, -1] = 1, 2
-    selected = torch.rand(original.shape, generator=gen) < 0.15
-    selected[:, 0] = selected[:, -1] = False
+    inner = shape["seq"] - 2
+    chosen = torch.rand(shape["batch"], inner, generator=gen).argsort(1)[:, :round(0.15 * inner)] + 1
+    selected = torch.zeros_like(original, dtype=torch.bool).scatter_(1, chosen, True)
     return dict(input_ids=original.masked_fill(selected, MASK_ID), attention_mask=torch.ones_like(original),
                 labels=original.masked_fill(~selected, -100))
 

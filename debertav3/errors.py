@@ -36,7 +36,3 @@ class ScheduleWarning(UserWarning):
 
 class CollapseWarning(UserWarning):
     """The discriminator's eval AUC stayed below `train.collapse_auc` after `train.collapse_check_step` steps."""
-
-
-class FallbackWarning(UserWarning):
-    """A fast path cannot run a module as it is (a hooked or adapted projection); the reference runs instead."""

@@ -26,7 +26,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Optional, TypeVar
 
-from .errors import CollapseWarning, FallbackWarning, ScheduleWarning
+from .errors import CollapseWarning, ScheduleWarning
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 128 + signal.SIGINT
@@ -63,7 +63,7 @@ def one_line_warnings():
     original = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, (CollapseWarning, FallbackWarning, ScheduleWarning)):
+        if issubclass(category, (CollapseWarning, ScheduleWarning)):
             print(f"warning: {one_line(str(message))}", file=sys.stderr if file is None else file, flush=True)
         else:
             original(message, category, filename, lineno, file, line)

@@ -9,7 +9,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_CORPUS = ROOT / "debertav3" / "resources" / "corpus" / "gutenberg_slice.txt.gz"
-SHARED_DATA = ROOT.parent / "shared" / "data"
+GLUE_FIXTURES = ROOT / "tests" / "fixtures" / "glue"  # synthetic SST-2 and CoLA files (make_glue_like.py there)
 
 # A model small enough for many CPU runs per test file, sized for the bundled 8001-id tokenizer. Dropout is set
 # explicitly (rtd_tiny has none): resume and multi-process tests must also reproduce the dropout masks.

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import the_line
+from conftest import GLUE_FIXTURES, the_line
 from debertav3.ablation.cli import main
 from debertav3.ablation.runner import STAGES_FILE
 from debertav3.data.corpus import BUNDLED_TRAIN, BUNDLED_VALID
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = GLUE_FIXTURES  # CoLA's layout and format, synthetic sentences (tests/fixtures/glue)
 MODES = ["es", "gdes", "random"]  # mlm costs another pretraining; its export is tested in test_export.py
 PLOTS = ["curves.png", "learning.png", "embeddings.png", "downstream.png"]
 
@@ -29,13 +29,10 @@ def corpus_slice(source: Path, target: Path, chars: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def ablation(tmp_path_factory):
-    """(argument list, output directory) of a tiny ablation: 3 modes, 1 seed, 6 steps, CoLA with 32 examples
-    (each fine-tuning costs seconds of fixed overhead, so one task keeps the test quick)."""
-    if not (DATA / "cola").is_dir():
-        reason = f"fine-tuning data not found at {DATA} (needs cola/)"
-        print(reason)
-        pytest.skip(reason)
+def finished(tmp_path_factory):
+    """(argument list, output directory, exit code) of a tiny ablation run once to the end: 3 modes,
+    1 seed, 6 steps, CoLA with 32 examples (each fine-tuning costs seconds of fixed overhead, so one task keeps the
+    test quick). Tests that change it work on a copy (`copy_of`), so no test depends on another's order."""
     tmp = tmp_path_factory.mktemp("ablation")
     train = corpus_slice(BUNDLED_TRAIN, tmp / "train.txt.gz", 200_000)
     valid = corpus_slice(BUNDLED_VALID, tmp / "valid.txt.gz", 40_000)
@@ -46,7 +43,18 @@ def ablation(tmp_path_factory):
             "model.intermediate_size=64", "data.max_seq_length=64", "train.batch_size=4", "train.log_every=1",
             "train.embedding_stats_every=2", "train.eval_every=3", "train.eval_batches=1", "train.save_every=3",
             f"data.train_files=[{train}]", f"data.valid_files=[{valid}]"]
-    return argv, tmp / "out"
+    code = main(argv)
+    return argv, tmp / "out", code
+
+
+@pytest.fixture()
+def ablation(finished, tmp_path):
+    """(argument list, output directory) of a copy of the finished ablation in this test's own directory."""
+    argv, out, code = finished
+    assert code == 0
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    return [str(copy) if a == str(out) else a for a in argv], copy
 
 
 def file_stamps(out: Path) -> dict[Path, int]:
@@ -60,9 +68,8 @@ def run(argv, capsys) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-def test_end_to_end_writes_every_file(ablation, capsys):
-    argv, out = ablation
-    code, stdout, _ = run(argv, capsys)
+def test_end_to_end_writes_every_file(finished):
+    _, out, code = finished
     assert code == 0
     for name in ["report.md", "results.json", *PLOTS]:
         assert (out / name).stat().st_size > 0, name
@@ -86,8 +93,6 @@ def test_end_to_end_writes_every_file(ablation, capsys):
 
 def test_resume_redoes_nothing_and_only_what_is_missing(ablation, capsys):
     argv, out = ablation
-    if not (out / "results.json").is_file():
-        main(argv)
     capsys.readouterr()
     stamps = file_stamps(out)
     code, stdout, _ = run(argv, capsys)
@@ -104,8 +109,6 @@ def test_resume_redoes_nothing_and_only_what_is_missing(ablation, capsys):
 
 def test_a_changed_budget_is_refused(ablation, capsys):
     argv, out = ablation
-    if not (out / "ablation.json").is_file():
-        main(argv)
     changed = [a if a != "6" else "7" for a in argv]  # --max-steps 7
     code, _, err = run(changed, capsys)
     # Loading the changed configs may warn first (7 steps < the recipe's warm-up); the error is one line.
@@ -114,8 +117,6 @@ def test_a_changed_budget_is_refused(ablation, capsys):
 
 def test_first_seed_adds_seeds_to_the_same_directory(ablation, capsys):
     argv, out = ablation
-    if not (out / "results.json").is_file():
-        main(argv)
     capsys.readouterr()
     stamps = file_stamps(out)
     more = [a if a != ",".join(MODES) else "random" for a in argv] + ["--first-seed", "1"]
@@ -147,7 +148,6 @@ def test_finished_runs_need_only_their_small_files(ablation, capsys):
     checks: with checkpoints and the exported model deleted (as when only those are kept from another machine),
     nothing is redone and the report is the same."""
     argv, out = ablation
-    assert main(argv) == 0  # finishes the ablation, or (after the tests above) only rewrites its report
     before = json.loads((out / "results.json").read_text())
     for directory in (out / "runs").iterdir():
         shutil.rmtree(directory / "pretrain" / "checkpoints", ignore_errors=True)

@@ -15,7 +15,7 @@ from debertav3.model import implementations
 from debertav3.model.backbone import Encoder
 from debertav3.model.config import ModelConfig
 
-ATTENTION = [name for name in implementations.NAMES if name != implementations.REFERENCE]
+ATTENTION = [name for name in implementations.NAMES["attention"] if name != implementations.REFERENCE]
 TOL = 1e-5
 
 # id: (config overrides, sequence length). Widths and head counts vary from case to case.
@@ -166,7 +166,7 @@ def test_probability_dropout_keeps_at_the_rate_and_scales(impl):
     """The core's own dropout: with uniform scores (q = k = 0, no position terms) every probability is 1 / Lk, so
     each context entry of v = 1 is (kept count) / (Lk (1 - p)): its mean is 1 and its spread the binomial's."""
     p, L = 0.25, 64
-    core = implementations.resolve(impl)
+    core = implementations.resolve("attention", impl)
     q = torch.zeros(2, 4, L, 8)
     v = torch.ones(2, 4, L, 8)
     torch.manual_seed(0)
@@ -178,8 +178,9 @@ def test_probability_dropout_keeps_at_the_rate_and_scales(impl):
 
 
 def test_auto_picks_by_device_in_one_table():
-    assert implementations.resolve_name("auto", "cpu") == implementations.AUTO["cpu"] == "cpu_fused"
-    assert implementations.resolve_name("auto", "cuda") == "sdpa"
-    assert implementations.resolve_name("auto", "tpu") == implementations.REFERENCE
+    assert implementations.resolve_name("attention", "auto", "cpu") == implementations.AUTO["attention"]["cpu"]
+    assert implementations.resolve_name("attention", "auto", "cuda") == "sdpa"
+    assert implementations.resolve_name("attention", "auto", "tpu") == implementations.REFERENCE
     assert Encoder(config("auto")).layer[0].attention.self.impl == "cpu_fused"  # built on the CPU
-    assert ModelConfig(attention_impl="auto").for_device("cuda").attention_impl == "sdpa"
+    on_gpu = ModelConfig(vocab_size=100).for_device("cuda")
+    assert (on_gpu.attention_impl, on_gpu.mlm_loss_impl, on_gpu.dropout_impl) == ("sdpa", "eager", "eager")

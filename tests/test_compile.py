@@ -18,9 +18,12 @@ SPECIALS = (0, 1, 2, 3, 99)
 
 
 def tiny_model(sharing: str, attention_impl: str = "eager") -> RTDModel:
+    """`attention_impl` "auto" takes every fast path of the CPU; anything else the reference for the other kinds."""
     torch.manual_seed(0)
+    others = "auto" if attention_impl == "auto" else "eager"
     disc = preset("tiny", vocab_size=100, hidden_size=32, intermediate_size=64, hidden_dropout_prob=0.0,
-                  attention_probs_dropout_prob=0.0, attention_impl=attention_impl)
+                  attention_probs_dropout_prob=0.0, attention_impl=attention_impl, mlm_loss_impl=others,
+                  dropout_impl=others)
     return RTDModel(generator_config(disc, hidden_size=16), disc, sharing, special_token_ids=SPECIALS)
 
 
@@ -70,7 +73,8 @@ def test_the_whole_step_compiles_as_one_graph_with_the_eager_results(sharing, ba
         assert_same(losses_and_gradients(compiled, model, batch), losses_and_gradients(model, model, batch))
 
 
-@pytest.mark.parametrize("impl", [name for name in implementations.COMPILES if name != implementations.REFERENCE])
+@pytest.mark.parametrize("impl", [name for name in implementations.COMPILES["attention"]
+                                  if name != implementations.REFERENCE])
 def test_fast_paths_that_claim_compile_support_trace_as_one_graph(impl):
     torch._dynamo.reset()
     model = tiny_model("gdes", impl)
@@ -80,13 +84,24 @@ def test_fast_paths_that_claim_compile_support_trace_as_one_graph(impl):
     assert_same(losses_and_gradients(compiled, model, batch), losses_and_gradients(model, model, batch))
 
 
-def test_a_fast_path_that_does_not_compile_runs_the_reference_core_inside_the_compiled_step():
+def test_fast_paths_that_do_not_compile_run_their_reference_inside_the_compiled_step():
     torch._dynamo.reset()
-    assert "cpu_fused" not in implementations.COMPILES
-    model = tiny_model("gdes", "cpu_fused")
+    assert ("cpu_fused", "chunked", "cpu_bits") == tuple(implementations.AUTO[kind]["cpu"] for kind in
+                                                          ("attention", "mlm_loss", "dropout"))
+    assert not any(implementations.AUTO[kind]["cpu"] in implementations.COMPILES[kind]
+                   for kind in implementations.NAMES)
+    model = tiny_model("gdes", "auto")  # every fast path of the CPU
     compiled = torch.compile(model, fullgraph=True, dynamic=False, backend="aot_eager")
     batch = static_batch(padded=True, seed=2)
     assert_same(losses_and_gradients(compiled, model, batch), losses_and_gradients(model, model, batch))
+    with_dropout = RTDModel(model.generator.config.replace(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1),
+                            model.discriminator.config.replace(hidden_dropout_prob=0.1,
+                                                               attention_probs_dropout_prob=0.1),
+                            special_token_ids=SPECIALS)
+    assert with_dropout.discriminator.deberta.embeddings.dropout.impl == "cpu_bits"
+    metrics, _ = losses_and_gradients(torch.compile(with_dropout, fullgraph=True, dynamic=False,
+                                                    backend="aot_eager"), with_dropout, batch)
+    assert all(torch.isfinite(value) for value in metrics.values())
 
 
 def test_the_trainer_trains_compiled_and_resumes_exactly(tmp_path):

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from conftest import ROOT, SMALL_MODEL, corpus_overrides, write_corpus
 from debertav3.data import Tokenizer
-from debertav3.interop.export import HEAD_FILE, WORD_EMBEDDINGS, export, load_discriminator, main
+from debertav3.train.export import HEAD_FILE, WORD_EMBEDDINGS, export, load_discriminator, main
 from debertav3.train import load_config
 from debertav3.train.config_io import to_yaml
 from debertav3.train.build import build_model

@@ -7,13 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SMALL_MODEL
+from conftest import GLUE_FIXTURES, SMALL_MODEL
 from debertav3 import ModelConfig
 from debertav3.data import Tokenizer
 from debertav3.finetune import FinetuneConfig, SiFT, classification_metrics, finetune, regression_metrics
 from debertav3.finetune.cli import main
-from debertav3.finetune.config import default_data_dir
-from debertav3.finetune.data import encode_labels, label_vocabulary, read_split
+from debertav3.data.labelled import encode_labels, label_vocabulary, read_split
 from debertav3.finetune.sift import symmetric_kl
 from debertav3.interop.hf import config_to_hf
 
@@ -21,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 transformers = pytest.importorskip("transformers", reason="fine-tuning runs transformers' DebertaV2 classes")
 
-DATA = default_data_dir()
+DATA = GLUE_FIXTURES  # SST-2 and CoLA layouts and formats, synthetic sentences (tests/fixtures/glue)
 TINY = config_to_hf(ModelConfig(**SMALL_MODEL), ["DebertaV2Model"])  # DeBERTa-v3 attention, tiny sizes
 
 
@@ -74,9 +73,8 @@ def test_reads_tsv_csv_jsonl_and_headerless_files(tmp_path):
     jsonl = write(tmp_path / "a.jsonl", '{"text": "x", "label": 2}\n{"text": "y", "label": 10}\n')
     split = read_split(jsonl, ["text"], "label")
     assert label_vocabulary(split) == ["2", "10"]  # integer labels sort as numbers
-    if (DATA / "cola").is_dir():
-        cola = read_split(DATA / "cola" / "in_domain_dev.tsv", ["3"], "1", header=False)
-        assert len(cola) == 527 and set(cola.labels) == {"0", "1"}
+    cola = read_split(DATA / "cola" / "in_domain_dev.tsv", ["3"], "1", header=False)  # CoLA's headerless form
+    assert len(cola) == 64 and set(cola.labels) == {"0", "1"} and cola.texts[0][0].endswith(".")
 
 
 @pytest.mark.parametrize("content,columns,label,header,message", [
@@ -132,17 +130,15 @@ def test_sift_hook_leaves_clean_function_and_ascends():
 # --- end to end ------------------------------------------------------------------------------------------------
 
 def test_sst2_slice_beats_chance(model_dir, tmp_path):
-    if not (DATA / "sst2").is_dir():
-        pytest.skip(f"no SST-2 under {DATA}")
-    # 200 training sentences, evaluated on the 872 held-out dev sentences; a random tiny model learns enough
-    # sentiment words in 6 epochs to beat both constant predictors (about 51% / 49%) clearly.
-    cfg = FinetuneConfig.from_preset("sst2", None, model=str(model_dir), output=str(tmp_path / "sst2"),
+    # 200 training sentences, evaluated on the 200 held-out dev sentences; a random tiny model learns enough
+    # sentiment words in 6 epochs to beat both constant predictors (50% / 50%) clearly.
+    cfg = FinetuneConfig.from_preset("sst2", DATA, model=str(model_dir), output=str(tmp_path / "sst2"),
                                      max_train_examples=200, epochs=6, lr=3e-3, batch_size=16, max_length=64, seed=0,
                                      progress=False)
     result = finetune(cfg)
     chance = max(result["majority_accuracy"], 1 - result["majority_accuracy"])
     assert result["dev"]["accuracy"] >= chance + 0.04 and result["dev"]["mcc"] > 0.08
-    assert result["train_examples"] == 200 and result["dev_examples"] == 872 and len(result["history"]) == 6
+    assert result["train_examples"] == 200 and result["dev_examples"] == 200 and len(result["history"]) == 6
     assert json.loads((tmp_path / "sst2" / "metrics.json").read_text()) == result
 
 

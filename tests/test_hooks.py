@@ -14,7 +14,7 @@ from torch import nn
 from debertav3 import DebertaV3Model, preset
 from debertav3.model import implementations
 
-IMPLEMENTATIONS = list(implementations.NAMES)
+IMPLEMENTATIONS = list(implementations.NAMES["attention"])
 
 
 class LowRankAdapter(nn.Module):

@@ -24,9 +24,9 @@ from debertav3 import ModelConfig
 from debertav3.ablation.cli import main as ablate
 from debertav3.ablation.sweep_cli import main as sweep
 from debertav3.data import Tokenizer
-from debertav3.interop.export import main as export
+from debertav3.train.export import main as export
 from debertav3.finetune import cli as finetune_cli
-from debertav3.finetune.data import read_split
+from debertav3.data.labelled import read_split
 from debertav3.interop.hf import config_to_hf
 from debertav3.train import load_config, main as pretrain
 from debertav3.train.checkpoint import complete_checkpoints

@@ -25,9 +25,9 @@ from debertav3.train import load_config
 from debertav3.train.loop import train
 
 assert debertav3.__file__.startswith(sys.argv[1]), debertav3.__file__
-resolved = {device: implementations.resolve_name("auto", device) for device in ("cpu", "cuda")}
+resolved = {kind: implementations.resolve_name(kind, "auto", "cpu") for kind in implementations.NAMES}
 try:
-    implementations.resolve("sdpa")
+    implementations.resolve("attention", "sdpa")
     refused = None
 except Exception as exc:
     refused = f"{type(exc).__name__}: {exc}"
@@ -55,7 +55,7 @@ def test_training_runs_on_the_reference_path_without_the_ops_package(tmp_path):
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["resolved"] == {"cpu": "eager", "cuda": "eager"}
+    assert report["resolved"] == {"attention": "eager", "mlm_loss": "eager", "dropout": "eager"}
     assert report["refused"].startswith("ConfigError: model.attention_impl 'sdpa' is not available")
     loss = report["loss"]
     assert len(loss) == 4 and loss[-1] < 0.9 * loss[0], loss  # logged every 10 of 40 steps: it learns

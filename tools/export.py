@@ -10,7 +10,7 @@ See docs/finetune.md. Bad input prints one line `error: ...` on stderr and exits
 
 import sys
 
-from debertav3.interop.export import main
+from debertav3.train.export import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 
 from ..constants import IGNORE_INDEX
-from ..interop.export import load_rtd_model, read_checkpoint_config, read_tokenizer, resolve_checkpoint
+from ..train.export import load_rtd_model, read_checkpoint_config, read_tokenizer, resolve_checkpoint
 from ..objective.bigram import BigramDetector
 from ..objective.metrics import roc_auc
 from ..errors import CheckpointError

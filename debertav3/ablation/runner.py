@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from ..constants import SHARING_MODES
 from ..io_utils import atomic_write_text
 from ..errors import AblationError, Interrupted
 
 REPOSITORY = Path(__file__).resolve().parents[2]
-SHARING = ("es", "nes", "gdes")
-MODES = (*SHARING, "mlm", "random")
+MODES = (*SHARING_MODES, "mlm", "random")
 SPEC_FILE = "ablation.json"
 STAGES_FILE = "stages.json"
 # What must match when an existing ablation directory is continued: a change would compare unequal budgets.
@@ -166,7 +166,7 @@ def pretrain(spec: AblationSpec, run: Run) -> None:
 
 def export_model(spec: AblationSpec, run: Run) -> None:
     """The network users would fine-tune: the discriminator (E_D folded), the MLM backbone, or a random one."""
-    from ..interop.export import export
+    from ..train.export import export
 
     out = run.directory / "model"
     if run.mode != "random":

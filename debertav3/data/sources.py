@@ -34,7 +34,7 @@ READ_ERRORS = (OSError, EOFError, ValueError, zlib.error)
 
 
 
-def file_format(path: str) -> str:
+def corpus_format(path: str) -> str:
     """"parquet", "jsonl" or "text", from the file name."""
     name = path[:-3] if path.endswith(".gz") else path
     if name.endswith(".parquet"):
@@ -68,7 +68,7 @@ def _open(path: str) -> IO[bytes]:
 
 def _problem(path: str, text_field: str) -> str | None:
     """Why `path` cannot be read as a corpus file (None if it can), from its first bytes or its Parquet schema."""
-    kind = file_format(path)
+    kind = corpus_format(path)
     try:
         if kind == "parquet":
             return _parquet_problem(pq.read_schema(path), text_field)
@@ -115,7 +115,7 @@ def iter_documents(path: str, documents: str, text_field: str) -> Iterator[str]:
 
 
 def _documents(path: str, documents: str, text_field: str) -> Iterator[str]:
-    kind = file_format(path)
+    kind = corpus_format(path)
     if kind == "parquet":
         for batch in pq.ParquetFile(path).iter_batches(columns=[text_field]):
             yield from (text for text in batch.column(0).to_pylist() if text and text.strip())

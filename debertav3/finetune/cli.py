@@ -12,7 +12,7 @@ from typing import Sequence
 
 from ..usage import ArgumentParser, guarded
 from .config import DATA_ENV, PRESETS, FinetuneConfig
-from .data import TASK_TYPES
+from ..data.labelled import TASK_TYPES
 from .loop import finetune
 
 # Options that name the data; without --task all of them but --task-type are required.

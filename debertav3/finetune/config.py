@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..validation import check_number
-from .data import TASK_TYPES
+from ..data.labelled import TASK_TYPES
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 DATA_ENV = "DEBERTAV3_DATA"

@@ -28,7 +28,7 @@ from ..train.optim import build_optimizer, linear_schedule
 from ..train.config import OptimConfig
 from ..usage import check_writable
 from .config import FinetuneConfig
-from .data import Split, encode_labels, label_vocabulary, read_split
+from ..data.labelled import Split, encode_labels, label_vocabulary, read_split
 from .metrics import classification_metrics, regression_metrics
 from .sift import SiFT
 

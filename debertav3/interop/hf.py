@@ -6,7 +6,7 @@ Our module and parameter names are transformers' names, so the key map is a matt
 |-------------------------------------|------------------------------------------------|
 | `DebertaV3Model`: `embeddings.*`, `encoder.*` | `DebertaV2Model`: same; head models: `deberta.` + same |
 | generator: `lm_predictions.lm_head.*` | `DebertaV2ForMaskedLM` with `legacy: false`: same |
-| discriminator: `mask_predictions.*`   | exported to `rtd_head.safetensors` (debertav3.interop.export): inside model.safetensors, transformers' base and sequence classes report them as unexpected |
+| discriminator: `mask_predictions.*`   | exported to `rtd_head.safetensors` (debertav3.train.export): inside model.safetensors, transformers' base and sequence classes report them as unexpected |
 | generator: `deberta.embeddings.position_embeddings.weight` (EMD only) | ignored by transformers on load |
 
 The official checkpoints spell the RTD classifier `mask_predictions.classifer`; it is read as `classifier`.
@@ -33,7 +33,7 @@ from ..errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 BACKBONE_PREFIX = "deberta."
-RTD_HEAD_FILE = "rtd_head.safetensors"  # the RTD head of a discriminator exported by debertav3.interop.export
+RTD_HEAD_FILE = "rtd_head.safetensors"  # the RTD head of a discriminator exported by debertav3.train.export
 RENAMED_KEYS = {"mask_predictions.classifer.weight": "mask_predictions.classifier.weight",
                 "mask_predictions.classifer.bias": "mask_predictions.classifier.bias"}
 # transformers' defaults for keys a config.json may omit (they differ from the v3 values we default to).

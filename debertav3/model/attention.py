@@ -31,6 +31,7 @@ from torch import nn
 
 from . import implementations
 from .config import ModelConfig
+from .dropout import Dropout
 
 
 def log_bucket_position(relative_pos: torch.Tensor, bucket_size: int, max_position: int) -> torch.Tensor:
@@ -84,8 +85,8 @@ def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos_key: 
 
     q [B, H, Lq, D], k and v [B, H, Lk, D]; pos_key and pos_query [H, R, D] (the projected relative table, each
     None when its term is off); rel_idx [Lq, Lk] or per sequence [B, Lq, Lk] indexing R; key_padding_mask [B, Lk]
-    bool, True at real tokens; dropout_p the probability dropout (0 in evaluation). This signature is the contract
-    every `attention_impl` implements.
+    bool, True at real tokens; dropout_p the probabilities' dropout (0 in evaluation), which each implementation
+    draws itself (here `F.dropout`). This signature is the contract every `attention_impl` implements.
     """
     B, H, Lq, Lk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
     acc = torch.promote_types(q.dtype, torch.float32)  # the scores' dtype: fp32 at least
@@ -103,7 +104,7 @@ def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos_key: 
     return probs.to(v.dtype) @ v
 
 
-implementations.register(implementations.REFERENCE, eager_attention)
+implementations.register("attention", implementations.REFERENCE, eager_attention)
 
 
 class DisentangledSelfAttention(nn.Module):
@@ -125,14 +126,13 @@ class DisentangledSelfAttention(nn.Module):
                 self.pos_key_proj = nn.Linear(hidden, hidden)
             if "p2c" in self.pos_terms:
                 self.pos_query_proj = nn.Linear(hidden, hidden)
-        self.pos_dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.pos_dropout = Dropout(config.hidden_dropout_prob, config.dropout_impl)
         self.dropout_prob = config.attention_probs_dropout_prob
         # Each position term adds a product of the same variance to the score, so the scale grows with them.
         self.scale = 1.0 / math.sqrt(self.head_size * (1 + len(self.pos_terms)))
-        # `auto` is resolved for the device the module is built on (torch's default device: build under
-        # `with torch.device("cuda"):`, or resolve the config first, `ModelConfig.for_device`).
-        self.impl = implementations.resolve_name(config.attention_impl, torch.get_default_device().type)
-        self.core = implementations.resolve(self.impl)
+        self.impl = implementations.resolve_name("attention", config.attention_impl,
+                                                 implementations.default_device_type())
+        self.core = implementations.resolve("attention", self.impl)
 
     def forward(self, hidden_states: torch.Tensor, key_padding_mask: torch.Tensor,
                 query_states: torch.Tensor | None = None, rel_embeddings: torch.Tensor | None = None,

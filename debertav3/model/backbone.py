@@ -13,6 +13,7 @@ from torch import nn
 
 from .attention import DisentangledSelfAttention, RelativePositions, activation
 from .config import ModelConfig
+from .dropout import Dropout
 from .embeddings import Embeddings
 
 
@@ -23,7 +24,7 @@ class SelfOutput(nn.Module):
         super().__init__()
         self.dense = nn.Linear(in_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob, config.dropout_impl)
 
     def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         return self.LayerNorm(self.dropout(self.dense(h)) + residual)

@@ -21,7 +21,6 @@ from . import implementations
 POSITION_TERMS = ("c2p", "p2c")
 ACTIVATIONS = ("gelu", "relu", "gelu_new", "silu", "tanh")
 NORM_REL_EBD = ("layer_norm", "none")
-IMPLEMENTATION_KEYS = ("attention_impl",)  # how the network is computed, not what it is: left out of config.json
 
 
 @dataclass
@@ -52,9 +51,11 @@ class ModelConfig:
     # `embed_proj`, takes them to hidden_size, and the MLM head maps back (ELECTRA's narrower generator reading the
     # discriminator-wide shared table). None: hidden_size, no projection.
     embedding_size: Optional[int] = None
-    # Which function computes the attention core (debertav3/model/implementations.py): the same network either
-    # way, so it is left out of config.json.
+    # Which function computes each swappable piece (debertav3/model/implementations.py): the same network either
+    # way, so these are left out of config.json.
     attention_impl: str = "auto"
+    mlm_loss_impl: str = "auto"
+    dropout_impl: str = "auto"
 
     def __post_init__(self) -> None:
         if isinstance(self.pos_att_type, str):  # HF also accepts "p2c|c2p"
@@ -88,7 +89,8 @@ class ModelConfig:
             raise ConfigError(f"model.pad_token_id {self.pad_token_id} is outside the vocabulary (size {self.vocab_size})")
         check_number("model.layer_norm_eps", self.layer_norm_eps, "> 0")
         check_number("model.initializer_range", self.initializer_range, "> 0")
-        implementations.check_name(self.attention_impl)
+        for kind, key in implementations.CONFIG_KEYS.items():
+            implementations.check_name(kind, getattr(self, key))
 
     @property
     def embedding_width(self) -> int:
@@ -110,15 +112,16 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
     def for_device(self, device_type: str) -> "ModelConfig":
-        """This config with `attention_impl: auto` resolved for a device type ("cpu", "cuda", ...): what a model
-        built elsewhere (on the CPU, say) and moved to that device should run."""
-        return self.replace(attention_impl=implementations.resolve_name(self.attention_impl, device_type))
+        """This config with every `auto` implementation resolved for a device type ("cpu", "cuda", ...): what a
+        model built elsewhere (on the CPU, say) and moved to that device should run."""
+        return self.replace(**{key: implementations.resolve_name(kind, getattr(self, key), device_type)
+                               for kind, key in implementations.CONFIG_KEYS.items()})
 
     def to_dict(self) -> dict:
         """The architecture's fields (what config.json holds): every field but the implementation choice, and
         `embedding_size` only when set (transformers reads a missing one as hidden_size, a null one as an error)."""
         return {k: v for k, v in dataclasses.asdict(self).items()
-                if k not in IMPLEMENTATION_KEYS and not (k == "embedding_size" and v is None)}
+                if k not in implementations.CONFIG_KEYS.values() and not (k == "embedding_size" and v is None)}
 
 
 # Released deberta-v3 sizes (docs/reference.md, table "size"); everything else takes the defaults above.

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .dropout import Dropout
 
 
 class Embeddings(nn.Module):
@@ -36,7 +37,7 @@ class Embeddings(nn.Module):
                                       if config.type_vocab_size > 0 else None)
         self.embed_proj = nn.Linear(width, config.hidden_size, bias=False) if width != config.hidden_size else None
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob, config.dropout_impl)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 word_embedding_weight: torch.Tensor | None = None) -> torch.Tensor:

@@ -93,11 +93,21 @@ class MaskedLMModel(nn.Module):
                 word_embedding_weight: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, M, V] at `positions_BM` [B, M], and nowhere else; `word_embedding_weight` the tied table
         when the owner supplies it (default: the backbone's own)."""
-        weight = self.deberta.embeddings.word_embeddings.weight if word_embedding_weight is None \
-            else word_embedding_weight
+        weight = self._table(word_embedding_weight)
+        return self.head_states(input_ids, attention_mask, positions_BM, weight) @ weight.t() \
+            + self.lm_predictions["lm_head"].bias
+
+    def head_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions_BM: torch.Tensor,
+                    word_embedding_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """The MLM head's transformed states [B, M, embedding width] at `positions_BM`: logits = states E^T + b."""
+        weight = self._table(word_embedding_weight)
         # The last layer's ordinary pass would be thrown away (the EMD re-applies it), so stop one layer early.
         encoded = self.deberta.encode(input_ids, attention_mask, weight, num_layers=self.config.num_hidden_layers - 1)
-        return self.lm_predictions["lm_head"](enhanced_mask_decoder(self.deberta, encoded, positions_BM), weight)
+        return self.lm_predictions["lm_head"].transform(enhanced_mask_decoder(self.deberta, encoded, positions_BM))
+
+    def _table(self, word_embedding_weight: torch.Tensor | None) -> torch.Tensor:
+        return self.deberta.embeddings.word_embeddings.weight if word_embedding_weight is None \
+            else word_embedding_weight
 
 
 class ReplacedTokenDetectionModel(nn.Module):

@@ -1,7 +1,8 @@
 """Replaced token detection (ELECTRA, DeBERTaV3): the whole objective in one file.
 
     generator (half depth, EMD + tied MLM head): logits at the masked positions -> L_MLM (cross-entropy)
-    -> replacements drawn from softmax(logits / T), special tokens excluded (ELECTRA sec. 3.1)
+    -> replacements drawn from softmax(logits / T), special tokens excluded (ELECTRA sec. 3.1); this vocabulary
+       step is the `mlm_loss` implementation the generator's config selects (reference: objective/losses.py)
     -> discriminator labels every non-pad token original (0) or replaced (1) -> L_RTD (BCE, official code)
     L = L_MLM + rtd_weight * L_RTD                          (DeBERTaV3 paper, lambda = 50)
 
@@ -30,10 +31,10 @@ from torch import nn
 
 from ..constants import IGNORE_INDEX, SHARING_MODES
 from ..errors import ConfigError
-from ..model import MaskedLMModel, ReplacedTokenDetectionModel
+from ..model import MaskedLMModel, ReplacedTokenDetectionModel, implementations
 from ..model.config import ModelConfig
+from . import losses  # noqa: F401  (registers the reference vocabulary step)
 from .metrics import prior_relative_loss, roc_auc
-from .sampling import sample_tokens
 
 
 def prediction_positions(labels_BL: torch.Tensor, slots: int | None = None) -> torch.Tensor:
@@ -95,6 +96,9 @@ class RTDModel(nn.Module):
         self.objective, self.embedding_sharing = objective, embedding_sharing
         self.rtd_weight, self.temperature = rtd_weight, temperature
         self.generator = MaskedLMModel(generator_config)
+        # The vocabulary step (logits -> cross-entropy -> sampling), resolved once: objective/losses.py.
+        self.vocabulary_loss = implementations.resolve("mlm_loss", implementations.resolve_name(
+            "mlm_loss", generator_config.mlm_loss_impl, implementations.default_device_type()))
         self.discriminator = None
         self.embedding_delta = None
         if objective == "rtd":
@@ -151,19 +155,18 @@ class RTDModel(nn.Module):
         real_BL = attention_mask.bool()
         if denominators is None:
             denominators = torch.stack([predicted_BM.sum(), real_BL.sum()]).float()
-        logits_BMV = self.generator(input_ids, attention_mask, positions_BM, self.generator_embedding).float()
-        mlm_loss = F.cross_entropy(logits_BMV.flatten(0, 1), targets_BM.flatten(), ignore_index=IGNORE_INDEX,
-                                   reduction="sum") / denominators[0]
-        mlm_accuracy = (logits_BMV.argmax(-1) == targets_BM).sum() / predicted_BM.sum().clamp(min=1)
+        if uniforms is None:
+            uniforms = 1.0 - torch.rand(positions_BM.shape, generator=generator, device=positions_BM.device)
+        table = self.generator_embedding
+        states_BMH = self.generator.head_states(input_ids, attention_mask, positions_BM, table)
+        mlm_loss, mlm_accuracy, sampled_N = self.vocabulary_loss(
+            states_BMH.flatten(0, 1), table, self.generator.lm_predictions["lm_head"].bias, targets_BM.flatten(),
+            uniforms.flatten(), denominators[0], self.temperature, self.special_token_ids)
         if self.objective == "mlm":
             return RTDOutput(loss=mlm_loss, mlm_loss=mlm_loss, mlm_accuracy=mlm_accuracy)
 
-        if uniforms is None:
-            uniforms = 1.0 - torch.rand(positions_BM.shape, generator=generator, device=positions_BM.device)
-        probs_NV = torch.softmax(logits_BMV.detach().flatten(0, 1) / self.temperature, -1)
-        sampled_BM = sample_tokens(probs_NV, uniforms.flatten(), self.special_token_ids).view_as(positions_BM)
         # The padding slots write back what is there; a sample equal to the original is labelled original.
-        sampled_BM = torch.where(predicted_BM, sampled_BM, input_ids.gather(1, positions_BM))
+        sampled_BM = torch.where(predicted_BM, sampled_N.view_as(positions_BM), input_ids.gather(1, positions_BM))
         discriminator_input = input_ids.scatter(1, positions_BM, sampled_BM)
         original_BL = torch.where(labels != IGNORE_INDEX, labels, input_ids)
         rtd_labels = (discriminator_input != original_BL) & real_BL

@@ -1,7 +1,7 @@
-"""Fast paths of the attention core, each registered with debertav3.model.implementations as it is imported.
+"""Fast paths, each registered with debertav3.model.implementations as it is imported (see there).
 
-Optional: without this package the reference runs. Each is held to the reference core by
-tests/test_attention_impls.py.
+Optional: without this package the reference implementations run. Each module below is held to its reference
+twin by the tests (tests/test_attention_impls.py, tests/test_mlm_loss_impls.py, tests/test_kernels.py).
 """
 
-from . import cpu_attention, sdpa_attention  # noqa: F401  (the registrations)
+from . import cpu_attention, dropout, mlm_loss, sdpa_attention  # noqa: F401  (the registrations)

@@ -16,8 +16,9 @@ takes neither a bias with a gradient nor dropout.
 Layout: head-major, N = H * B, so that the products against the relative tables are one matrix per head.
 `cpu_fused_attention` ties these together behind the reference core's contract
 (`debertav3.model.attention.eager_attention`; tests/test_attention_impls.py holds it there): the projections stay
-in the module. The probability dropout's keep mask is torch's Bernoulli draw, as `F.dropout`'s.
-Under torch.compile, which does not trace this function, the reference core runs instead.
+in the module. Its probabilities' dropout draws the masks of the CPU dropout (`dropout.keep_mask`: 16-bit levels
+of fast random words, `torch.manual_seed` reproducible). Under torch.compile, which does not trace this function,
+the reference core runs instead.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 
 from ..model import implementations
 from ..model.attention import eager_attention
+from .dropout import keep_mask
 
 BAND_BLOCK = 32  # rows per block of the band layout (`band_view`)
 
@@ -39,7 +41,7 @@ class DisentangledAttention(torch.autograd.Function):
     idx [Lq, Lk] or [B, Lq, Lk] indexes their last dimension; or idx is None and the tables are band-layout
     products [H, K, B, T, W] (`band_view`, `band_table_rows`);
     key_padding_mask [B, Lk] is True at real tokens; keep_prob = 1 - p; keep [N, Lq, Lk] fp32 0 / 1 (0 where
-    dropped), or None to draw the mask here (Bernoulli(keep_prob)) when keep_prob < 1, into the buffer the p2c read
+    dropped), or None to draw the mask here (`dropout.keep_mask`) when keep_prob < 1, into the buffer the p2c read
     leaves free where there is one. The function takes keep's buffer over (it ends up holding the dropped-out
     probabilities): one [N, Lq, Lk] tensor fewer to allocate and fault in.
     """
@@ -58,8 +60,7 @@ class DisentangledAttention(torch.autograd.Function):
         probs = torch.ops.aten._softmax.out(scores, -1, False, out=scores)
         del scores_HBQK
         if keep is None and keep_prob < 1.0:
-            keep = (torch.empty((N, Lq, Lk), dtype=acc, device=q.device) if spare is None
-                    else spare.view(N, Lq, Lk)).bernoulli_(keep_prob)
+            keep = keep_mask((N, Lq, Lk), 1.0 - keep_prob, q.device, None if spare is None else spare.view(N, Lq, Lk))
         del spare
         if keep is None:
             dropped = probs
@@ -267,4 +268,4 @@ def cpu_fused_attention(q, k, v, pos_key, pos_query, rel_idx, key_padding_mask, 
     return context.view(H, B, Lq, D).transpose(0, 1)
 
 
-implementations.register("cpu_fused", cpu_fused_attention)
+implementations.register("attention", "cpu_fused", cpu_fused_attention)

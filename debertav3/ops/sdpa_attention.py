@@ -50,4 +50,4 @@ def sdpa_attention(q, k, v, pos_key, pos_query, rel_idx, key_padding_mask, scale
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=scale, dropout_p=dropout_p)
 
 
-implementations.register("sdpa", sdpa_attention)
+implementations.register("attention", "sdpa", sdpa_attention)

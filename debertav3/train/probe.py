@@ -10,7 +10,7 @@ With `probe.train_file` and `probe.dev_file` set, every evaluation
    label's share of the dev set), the accuracy of a probe that has learned nothing.
 
 It is a cheap stand-in for fine-tuning, to follow transfer during pretraining: no parameter of the model changes.
-The files are read with fine-tuning's reader (debertav3.finetune.data), so they take the same formats.
+The files are read with fine-tuning's reader (debertav3.data.labelled), so they take the same formats.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..finetune.data import encode_labels, label_vocabulary, read_split
+from ..data.labelled import encode_labels, label_vocabulary, read_split
 from .config import ProbeConfig
 
 BATCH = 64

@@ -14,7 +14,7 @@ import argparse
 import os
 import random
 
-from debertav3.finetune.data import read_split
+from debertav3.data.labelled import read_split
 
 PARAGRAPH_CHARS = 400
 

@@ -48,7 +48,7 @@ class Split:
                      [self.lines[i] for i in keep])
 
 
-def file_format(path: str) -> str:
+def labelled_format(path: str) -> str:
     """"tsv", "csv" or "jsonl" from the name; a .txt file is TSV only if its first line has a tab."""
     suffix = Path(path).suffix.lower()
     if suffix not in FORMATS:
@@ -126,7 +126,7 @@ def read_split(path: str | os.PathLike, text_columns: Sequence[str], label_colum
     if not os.path.isfile(path):
         raise ValueError(f"data file {path} not found")
     try:
-        kind = file_format(path)
+        kind = labelled_format(path)
         columns = [*text_columns, label_column]
         if kind == "jsonl":
             if not header:

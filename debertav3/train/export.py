@@ -33,17 +33,17 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..train.build import build_model
+from .build import build_model
 from ..data import Tokenizer
-from .hf import (BACKBONE_PREFIX, RTD_HEAD_FILE, config_to_hf, load_weights, read_config,
-                 write_hf_directory)
+from ..interop.hf import (BACKBONE_PREFIX, RTD_HEAD_FILE, config_to_hf, load_weights, read_config,
+                          write_hf_directory)
 from ..model import ReplacedTokenDetectionModel
 from ..objective.rtd import RTDModel
-from ..train.checkpoint import CONFIG_FILE, STATE_FILE, complete_checkpoints, read_state, verify_checkpoint
-from ..train.manifest import MANIFEST_FILE
-from ..train.config_io import load_config
+from .checkpoint import CONFIG_FILE, STATE_FILE, complete_checkpoints, read_state, verify_checkpoint
+from .manifest import MANIFEST_FILE
+from .config_io import load_config
 from ..errors import CheckpointError, ConfigError
-from ..train.config import Config
+from .config import Config
 from ..usage import ArgumentParser, check_writable, guarded
 
 PARTS = ("discriminator", "generator")
