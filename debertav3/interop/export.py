@@ -42,7 +42,7 @@ from ..objective.rtd import RTDModel
 from ..train.checkpoint import CONFIG_FILE, STATE_FILE, complete_checkpoints, read_state, verify_checkpoint
 from ..train.manifest import MANIFEST_FILE
 from ..train.config_io import load_config
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, UserError
 from ..train.config import Config
 from ..usage import ArgumentParser, check_writable, guarded
 
@@ -91,7 +91,7 @@ def read_tokenizer(checkpoint: Path, vocab_size: int) -> Tokenizer:
     directory = checkpoint / TOKENIZER_DIR
     try:
         tokenizer = Tokenizer.load(directory)
-    except ValueError:
+    except UserError:
         raise CheckpointError(f"{checkpoint} has no usable {TOKENIZER_DIR}/spm.model, so the export would have no "
                               "tokenizer; export a complete checkpoint written by debertav3's trainer") from None
     if tokenizer.vocab_size > vocab_size:

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ..errors import ConfigError
 from .implementations import CONFIG_KEYS, check_name
 
 POSITION_TERMS = ("c2p", "p2c")
@@ -39,14 +40,14 @@ def check_number(key: str, value: float, allowed: str) -> None:
              (value < float(high) if closing == ")" else value <= float(high))
         wanted = f"in {allowed}"
     if not (ok and math.isfinite(value)):
-        raise ValueError(f"{key} must be {wanted}, got {value}")
+        raise ConfigError(f"{key} must be {wanted}, got {value}")
 
 
 def check_positive(section: str, obj, names: tuple[str, ...]) -> None:
     """Raise a one-line ValueError for the first of the integer fields `names` of `obj` that is not >= 1."""
     for name in names:
         if getattr(obj, name) <= 0:
-            raise ValueError(f"{section}.{name} must be positive, got {getattr(obj, name)}")
+            raise ConfigError(f"{section}.{name} must be positive, got {getattr(obj, name)}")
 
 
 @dataclass
@@ -95,24 +96,24 @@ class ModelConfig:
         if self.embedding_size is not None:
             check_positive("model", self, ("embedding_size",))
             if self.embedding_size != self.hidden_size and self.position_biased_input:
-                raise ValueError("model.embedding_size differs from model.hidden_size, which needs "
-                                 "model.position_biased_input=false (the DeBERTa-v3 setting)")
+                raise ConfigError("model.embedding_size differs from model.hidden_size, which needs "
+                                  "model.position_biased_input=false (the DeBERTa-v3 setting)")
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"model.hidden_size ({self.hidden_size}) must be divisible by "
-                             f"model.num_attention_heads ({self.num_attention_heads})")
+            raise ConfigError(f"model.hidden_size ({self.hidden_size}) must be divisible by "
+                              f"model.num_attention_heads ({self.num_attention_heads})")
         unknown = [t for t in self.pos_att_type if t not in POSITION_TERMS]
         if unknown:
-            raise ValueError(f"model.pos_att_type has unknown term(s) {unknown}; use a subset of {list(POSITION_TERMS)}")
+            raise ConfigError(f"model.pos_att_type has unknown term(s) {unknown}; use a subset of {list(POSITION_TERMS)}")
         if self.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"model.hidden_act {self.hidden_act!r} is not supported; use one of {list(ACTIVATIONS)}")
+            raise ConfigError(f"model.hidden_act {self.hidden_act!r} is not supported; use one of {list(ACTIVATIONS)}")
         if self.norm_rel_ebd not in NORM_REL_EBD:
-            raise ValueError(f"model.norm_rel_ebd {self.norm_rel_ebd!r} is not supported; use one of {list(NORM_REL_EBD)}")
+            raise ConfigError(f"model.norm_rel_ebd {self.norm_rel_ebd!r} is not supported; use one of {list(NORM_REL_EBD)}")
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             check_number(f"model.{name}", getattr(self, name), "[0, 1)")
         if self.type_vocab_size < 0:
-            raise ValueError(f"model.type_vocab_size must be >= 0, got {self.type_vocab_size}")
+            raise ConfigError(f"model.type_vocab_size must be >= 0, got {self.type_vocab_size}")
         if not 0 <= self.pad_token_id < self.vocab_size:
-            raise ValueError(f"model.pad_token_id {self.pad_token_id} is outside the vocabulary (size {self.vocab_size})")
+            raise ConfigError(f"model.pad_token_id {self.pad_token_id} is outside the vocabulary (size {self.vocab_size})")
         check_number("model.layer_norm_eps", self.layer_norm_eps, "> 0")
         check_number("model.initializer_range", self.initializer_range, "> 0")
         for kind, key in CONFIG_KEYS.items():

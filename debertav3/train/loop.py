@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from .build import build_model
 from ..data import Masker, Tokenizer, build_datasets
-from ..errors import CheckpointError, CollapseWarning, UserError
+from ..errors import CollapseWarning, UserError
 from ..objective.metrics import prior_relative_loss, roc_auc, target_counts, unigram_baselines
 from ..constants import IGNORE_INDEX
 from ..objective.rtd import RTDModel, average_pairwise_cosine
@@ -64,16 +64,13 @@ class Trainer:
         set_seed(cfg.train.seed)
         if cfg.train.keep_freed_memory and self.accelerator.device.type == "cpu":
             keep_freed_memory()
-        try:
-            self.tokenizer = Tokenizer.load(cfg.data.tokenizer)
-            self.tokenizer.check_fits(cfg.model.vocab_size)
-            model = build_model(cfg, self.tokenizer.special_ids)
-            with self.accelerator.main_process_first():  # one process tokenizes; the others read its cache
-                self.train_set, self.valid_set = build_datasets(cfg.data, self.tokenizer, cfg.train.seed)
-            self.identity = RunIdentity.of(cfg, self.tokenizer, self.accelerator.num_processes)
-            self.probe = Probe(cfg.probe, self.tokenizer, cfg.train.seed) if cfg.probe.train_file else None
-        except (CheckpointError, ValueError, FileNotFoundError) as exc:
-            raise UserError(str(exc)) from None
+        self.tokenizer = Tokenizer.load(cfg.data.tokenizer)
+        self.tokenizer.check_fits(cfg.model.vocab_size)
+        model = build_model(cfg, self.tokenizer.special_ids)
+        with self.accelerator.main_process_first():  # one process tokenizes; the others read its cache
+            self.train_set, self.valid_set = build_datasets(cfg.data, self.tokenizer, cfg.train.seed)
+        self.identity = RunIdentity.of(cfg, self.tokenizer, self.accelerator.num_processes)
+        self.probe = Probe(cfg.probe, self.tokenizer, cfg.train.seed) if cfg.probe.train_file else None
         self.masker = Masker(self.tokenizer, cfg.data.mask_prob, cfg.mask_mode, cfg.data.whole_word_mask)
         self.source = BlockSource(self.train_set, cfg.train.seed, cfg.data.streaming)
         optimizer = build_optimizer(model, cfg.optim)
