@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from omegaconf import OmegaConf
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -41,7 +42,7 @@ from ..model import ReplacedTokenDetectionModel
 from ..objective.rtd import RTDModel
 from ..train.checkpoint import CONFIG_FILE, STATE_FILE, complete_checkpoints, read_state, verify_checkpoint
 from ..train.manifest import MANIFEST_FILE
-from ..train.config_io import load_config
+from ..train.config_io import load_config, read_yaml
 from ..errors import CheckpointError, ConfigError, UserError
 from ..train.config import Config
 from ..usage import ArgumentParser, check_writable, guarded
@@ -80,8 +81,10 @@ def resolve_checkpoint(source: str | os.PathLike) -> Path:
 
 
 def read_checkpoint_config(checkpoint: Path) -> Config:
+    """The config the checkpoint was trained with, taken as a recipe (complete, and nobody's command line: the checks
+    of what a user sets, config_io.py `_apply_explicit`, are not for it)."""
     try:
-        return load_config(None, str(checkpoint / CONFIG_FILE))
+        return load_config(OmegaConf.to_container(read_yaml(str(checkpoint / CONFIG_FILE))))
     except ConfigError as exc:
         raise CheckpointError(f"{checkpoint / CONFIG_FILE} is not a valid training config: {exc}") from None
 
