@@ -17,6 +17,7 @@ from ..constants import OBJECTIVES, SHARING_MODES
 from ..data.config import DataConfig
 from ..errors import ConfigError, ScheduleWarning
 
+LR_SCALINGS = ("none", "sqrt")
 
 
 
@@ -74,6 +75,11 @@ class OptimConfig:
     max_grad_norm: float = 1.0
     # The discriminator's (and GDES's E_Delta's) lr as a multiple of `lr`; 1: one lr for both (the papers)
     discriminator_lr_scale: float = 1.0
+    # How the lr follows the global batch (train/optim.py, `scaled_lr`): none, `lr` as it is; sqrt, `lr` is the lr at
+    # `lr_reference_tokens` tokens per optimizer step, times sqrt(tokens per step / lr_reference_tokens), at most
+    # `lr`. An `optim.lr` the user sets turns a recipe's sqrt off (config_io.py).
+    lr_scaling: str = "none"
+    lr_reference_tokens: int = 8192 * 512  # the DeBERTaV3 paper's global batch: 8192 sequences of 512 tokens
 
     def __post_init__(self) -> None:
         for name, allowed in (("lr", "> 0"), ("beta1", "[0, 1)"), ("beta2", "[0, 1)"), ("eps", "> 0"),
@@ -81,6 +87,9 @@ class OptimConfig:
             check_number(f"optim.{name}", getattr(self, name), allowed)
         if self.warmup_steps < 0:
             raise ConfigError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.lr_scaling not in LR_SCALINGS:
+            raise ConfigError(f"optim.lr_scaling {self.lr_scaling!r} is unknown; use one of {list(LR_SCALINGS)}")
+        check_positive("optim", self, ("lr_reference_tokens",))
 
 
 @dataclass

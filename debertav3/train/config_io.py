@@ -100,11 +100,15 @@ def _user_layers(yaml_file: str | None, overrides: Sequence[str]) -> list[dict]:
 def _apply_explicit(cfg: Config, explicit: set[str]) -> Config:
     """What the keys the user set (in the YAML file or as key=value, not the recipe's) decide beyond their values.
 
+    - An explicit `optim.lr` is the lr to train at: a recipe's `optim.lr_scaling` is turned off for it (unless the
+      user set that too).
     - `rtd.*` keys set to other than their defaults with objective mlm are refused: the MLM baseline has no
       discriminator and would ignore them, so setting one is a mistake (a copy-pasted command, a forgotten
       objective=rtd), and a warning would scroll away in a long run's log. (Defaults pass: a saved config.yaml
       given as --config lists every key.)
     """
+    if "optim.lr" in explicit and "optim.lr_scaling" not in explicit:
+        cfg.optim.lr_scaling = "none"
     defaults = RTDConfig()
     ignored = sorted(key for key in explicit
                      if key.startswith("rtd.") and getattr(cfg.rtd, key[4:]) != getattr(defaults, key[4:]))

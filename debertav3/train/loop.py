@@ -25,7 +25,7 @@ from .batches import BlockSource, make_micro_batch, micro_batch_seed
 from .checkpoint import save_checkpoint
 from .config_io import to_yaml
 from .lock import claim_output_dir
-from .optim import build_optimizer, linear_schedule
+from .optim import build_optimizer, linear_schedule, resolve_lr
 from .probe import Probe, kept_encoder
 from .report import CollapseGuard, format_eval_line, format_summary, progress_postfix
 from .resume import RunIdentity, refuse_foreign_checkpoints, restore
@@ -57,8 +57,8 @@ def embedding_statistics(model: RTDModel, vocab_size: int) -> dict[str, float]:
 class Trainer:
     """One pretraining run in `cfg.train.output_dir`; use it through `train()`, which holds the directory."""
 
-    def __init__(self, cfg: Config, accelerator: Accelerator):
-        self.cfg = cfg
+    def __init__(self, cfg: Config, accelerator: Accelerator, lr_rule: str = "optim.lr"):
+        self.cfg, self.lr_rule = cfg, lr_rule  # lr_rule: how cfg.optim.lr was chosen (optim.resolve_lr)
         self.out = Path(cfg.train.output_dir)
         self.accelerator = accelerator
         set_seed(cfg.train.seed)
@@ -293,9 +293,11 @@ def train(cfg: Config, stop_after_steps: int | None = None) -> dict[str, float]:
 
     `stop_after_steps` ends this run early, right after a checkpoint, as a preempted job would (tests use it).
     The output directory is held for the whole run (lock.py), and a run that would overwrite another run's
-    checkpoints is refused before anything is built or written (resume.py).
+    checkpoints is refused before anything is built or written (resume.py). The learning rate is chosen for the
+    global batch first (`optim.resolve_lr`): the run trains, saves and reports the resolved config.
     """
     accelerator = make_accelerator(cfg)  # first: it sets up the processes of a launch, which the claim needs
+    cfg, lr_rule = resolve_lr(cfg, accelerator.num_processes)
     with claim_output_dir(cfg.train.output_dir, accelerator):
         refuse_foreign_checkpoints(cfg.train.output_dir, cfg.train.resume)
-        return Trainer(cfg, accelerator).run(stop_after_steps)
+        return Trainer(cfg, accelerator, lr_rule).run(stop_after_steps)
