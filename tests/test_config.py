@@ -117,15 +117,16 @@ def test_the_schema_and_the_model_import_without_the_data_pipeline():
 @pytest.mark.parametrize("where", ["command line", "YAML file"])
 def test_a_single_value_of_a_list_key_is_a_one_element_list(where, tmp_path):
     """`data.train_files=path/to/file.txt`, without brackets, as people type it (and `train_files: a.txt` in YAML)."""
-    values = {"data.train_files": "path/to/file.txt", "data.valid_files": "held/*.txt.gz", "model.pos_att_type": "c2p"}
+    values = {"data.train_files": "path/to/file.txt", "data.valid_files": "held/*.txt.gz", "model.pos_att_type": "c2p",
+              "train.log_with": "tensorboard"}
     if where == "command line":
         cfg = load_config(None, None, [f"{key}={value}" for key, value in values.items()])
     else:
         (tmp_path / "run.yaml").write_text("data:\n  train_files: path/to/file.txt\n  valid_files: held/*.txt.gz\n"
-                                           "model:\n  pos_att_type: c2p\n")
+                                           "model:\n  pos_att_type: c2p\ntrain:\n  log_with: tensorboard\n")
         cfg = load_config(None, str(tmp_path / "run.yaml"))
     assert (cfg.data.train_files, cfg.data.valid_files) == (["path/to/file.txt"], ["held/*.txt.gz"])
-    assert cfg.model.pos_att_type == ["c2p"]
+    assert (cfg.model.pos_att_type, cfg.train.log_with) == (["c2p"], ["tensorboard"])
     assert load_config(None, None, ["data.train_files=[a.txt,b.txt]"]).data.train_files == ["a.txt", "b.txt"]
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..model.config import ModelConfig, check_number, check_positive
-from ..constants import OBJECTIVES, SHARING_MODES
+from ..constants import OBJECTIVES, SHARING_MODES, TRACKERS
 from ..data.config import DataConfig
 from ..errors import ConfigError, ScheduleWarning
 
@@ -103,6 +103,8 @@ class TrainSection:
     mixed_precision: str = "auto"  # auto: bf16 on a GPU that has it, else no
     seed: int = 42
     log_every: int = 10
+    # Experiment trackers (accelerate's names); a single name is a one-element list; []: none
+    log_with: list[str] = field(default_factory=lambda: ["tensorboard"])
     eval_every: int = 200
     eval_batches: int = 20
     embedding_stats_every: int = 100
@@ -124,6 +126,9 @@ class TrainSection:
             raise ConfigError(f"train.seed must be in [0, 2^32), got {self.seed}")
         if self.nonfinite not in ("skip", "stop"):
             raise ConfigError(f"train.nonfinite {self.nonfinite!r} is unknown; use skip or stop")
+        unknown = [name for name in self.log_with if name not in TRACKERS]
+        if unknown:
+            raise ConfigError(f"train.log_with: {unknown[0]!r} is not a tracker; use any of {list(TRACKERS)}")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ConfigError(f"train.mixed_precision {self.mixed_precision!r} is unknown; use auto, no, bf16 or fp16")
         if self.collapse_check_step < 0:

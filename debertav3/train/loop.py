@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.tracking import get_available_trackers
+from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from .build import build_model
@@ -31,6 +32,8 @@ from .report import CollapseGuard, format_eval_line, format_summary, progress_po
 from .resume import RunIdentity, refuse_foreign_checkpoints, restore
 from .signals import StopRequests
 
+TRACKER_PROJECT = "debertav3"  # W&B's project, MLflow's experiment, TensorBoard's directory in output_dir/tensorboard
+
 
 def resolve_precision(requested: str) -> str:
     """`auto`: bf16 on a GPU that supports it (fp32 accumulation in attention, see model/attention.py), else fp32."""
@@ -40,8 +43,19 @@ def resolve_precision(requested: str) -> str:
 
 
 def make_accelerator(cfg: Config) -> Accelerator:
-    return Accelerator(mixed_precision=resolve_precision(cfg.train.mixed_precision), log_with="tensorboard",
-                       project_dir=cfg.train.output_dir)
+    """The run's Accelerator, with the trackers of `train.log_with` (TensorBoard's logs in output_dir/tensorboard).
+
+    A tracker that is not installed is refused here, before anything is built: accelerate would leave it out
+    without a word, and the run would log nothing where its user looks."""
+    installed = {str(tracker) for tracker in get_available_trackers()}
+    missing = [name for name in cfg.train.log_with if name not in installed]
+    if missing:
+        raise UserError(f"train.log_with names {missing[0]}, which is not installed; pip install {missing[0]}, or "
+                        f"leave it out of train.log_with")
+    out = Path(cfg.train.output_dir)
+    return Accelerator(mixed_precision=resolve_precision(cfg.train.mixed_precision),
+                       log_with=list(cfg.train.log_with) or None,
+                       project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "tensorboard")))
 
 
 def embedding_statistics(model: RTDModel, vocab_size: int) -> dict[str, float]:
@@ -247,9 +261,10 @@ class Trainer:
         started, evaluated, stopped_by = time.perf_counter(), None, None
         self.resume()
         acc.print(to_yaml(self.cfg))
-        acc.init_trackers("tensorboard", config={"objective": self.cfg.objective,
-                                                 "embedding_sharing": self.cfg.rtd.embedding_sharing,
-                                                 "rtd_weight": self.cfg.rtd.rtd_weight, "lr": self.cfg.optim.lr})
+        acc.init_trackers(TRACKER_PROJECT, config={"objective": self.cfg.objective,
+                                                   "embedding_sharing": self.cfg.rtd.embedding_sharing,
+                                                   "rtd_weight": self.cfg.rtd.rtd_weight, "lr": self.cfg.optim.lr},
+                          init_kwargs={"wandb": {"name": self.out.name}})
         bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (acc.is_main_process and cfg.progress),
                    desc="pretraining", unit="step", dynamic_ncols=True)
         window, logged = [time.perf_counter(), self.tokens_seen], {}
