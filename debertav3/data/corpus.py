@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import logging
@@ -136,16 +137,34 @@ def _file_documents(cfg: DataConfig, patterns: list[str], setting: str):
     stamps = [(os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in files]
     num_proc = min(cfg.num_proc, len(files))  # `datasets` gives each process whole files
     try:
-        docs = datasets.Dataset.from_generator(_generate_documents, features=DOC_FEATURES, gen_kwargs=kwargs,
-                                               cache_dir=cfg.cache_dir, num_proc=num_proc if num_proc > 1 else None,
-                                               writer_batch_size=ROWS_PER_BATCH,
-                                               fingerprint=_fingerprint(kwargs, stamps))
+        with _without_progress_bars():
+            docs = datasets.Dataset.from_generator(_generate_documents, features=DOC_FEATURES, gen_kwargs=kwargs,
+                                                   cache_dir=cfg.cache_dir,
+                                                   num_proc=num_proc if num_proc > 1 else None,
+                                                   writer_batch_size=ROWS_PER_BATCH,
+                                                   fingerprint=_fingerprint(kwargs, stamps))
     except datasets.exceptions.DatasetGenerationError as exc:
         damaged = _damaged_file(exc)
         if damaged is None:
             raise
         raise damaged from None
     return docs, where
+
+
+@contextlib.contextmanager
+def _without_progress_bars():
+    """`datasets`' progress bars off for the block, unless the user asked for them (HF_DATASETS_DISABLE_PROGRESS_BARS=0)
+
+    Reading the documents into the Arrow cache draws "Generating train split" bars that tell a user nothing to act
+    on, before the run's header; tokenizing keeps its "tokenize and pack" bar, the step a large corpus waits on."""
+    if datasets.are_progress_bars_disabled() or datasets.config.HF_DATASETS_DISABLE_PROGRESS_BARS is False:
+        yield
+        return
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        datasets.enable_progress_bars()
 
 
 def _damaged_file(exc: datasets.exceptions.DatasetGenerationError) -> DamagedFile | None:

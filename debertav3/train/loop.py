@@ -31,6 +31,8 @@ from .probe import Probe, kept_encoder
 from .report import CollapseGuard, format_eval_line, format_summary, progress_postfix
 from .resume import RunIdentity, refuse_foreign_checkpoints, restore
 from .signals import StopRequests
+from .startup import RUN_CONFIG, format_header
+from ..io_utils import atomic_write_text
 
 TRACKER_PROJECT = "debertav3"  # W&B's project, MLflow's experiment, TensorBoard's directory in output_dir/tensorboard
 
@@ -260,7 +262,10 @@ class Trainer:
         cfg, acc = self.cfg.train, self.accelerator
         started, evaluated, stopped_by = time.perf_counter(), None, None
         self.resume()
-        acc.print(to_yaml(self.cfg))
+        if acc.is_main_process:
+            atomic_write_text(self.out / RUN_CONFIG, to_yaml(self.cfg))
+        acc.print(format_header(self.cfg, self.raw_model, self.lr_rule, acc.mixed_precision, str(acc.device),
+                                acc.num_processes, self.out / RUN_CONFIG))
         acc.init_trackers(TRACKER_PROJECT, config={"objective": self.cfg.objective,
                                                    "embedding_sharing": self.cfg.rtd.embedding_sharing,
                                                    "rtd_weight": self.cfg.rtd.rtd_weight, "lr": self.cfg.optim.lr},
