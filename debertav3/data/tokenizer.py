@@ -27,6 +27,7 @@ import sentencepiece as spm
 import torch
 
 from ..errors import UserError
+from ..io_utils import apply_umask
 from ..model.config import check_number
 from ..usage import check_writable
 from .sources import iter_documents, resolve_files
@@ -202,7 +203,7 @@ def train_tokenizer(inputs: Sequence[str], vocab_size: int, output: str | os.Pat
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
         tokenizer.save(staging)
-        staging.chmod(0o755)  # mkdtemp made it private
+        apply_umask(staging)  # mkdtemp made it private
         staging.rename(output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
