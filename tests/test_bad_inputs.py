@@ -99,6 +99,18 @@ def test_disk_full_while_checkpointing(files, tmp_path, capsys, monkeypatch):
     assert not list((tmp_path / "checkpoints").glob(".step-*"))
 
 
+def test_a_refused_run_leaves_no_new_directory(files, tmp_path, capsys):
+    """Refused at start-up (here a data.cache_dir under a file): the output directory it created, and the parents
+    it created for it, are gone; a directory that existed before stays."""
+    bad_cache = f"data.cache_dir={files}/a_file/cache"
+    code, err = run(capsys, files, tmp_path / "new" / "run", bad_cache)
+    assert code == 2 and "data.cache_dir" in err
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "existing").mkdir()
+    code, err = run(capsys, files, tmp_path / "existing", bad_cache)
+    assert code == 2 and (tmp_path / "existing").is_dir()
+
+
 INTERNAL_VALUE_ERROR = """
 import sys
 import debertav3.train.loop as loop
