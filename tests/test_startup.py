@@ -11,6 +11,7 @@ from accelerate.utils import LoggerType
 
 import debertav3.train.loop as loop
 from conftest import SMALL_MODEL, corpus_overrides, the_line, write_corpus
+from debertav3.ablation.curves import read_scalars
 from debertav3.train import load_config, main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -96,8 +97,6 @@ def test_wandb_offline_gets_what_tensorboard_gets(corpus, tmp_path, monkeypatch)
         reason = "wandb is not installed (it is not in the dev extra: pip install wandb to run this test)"
         print(reason)
         pytest.skip(reason)
-    from test_train import scalars
-
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -105,7 +104,7 @@ def test_wandb_offline_gets_what_tensorboard_gets(corpus, tmp_path, monkeypatch)
     main(RECIPE, [*corpus_overrides(corpus), f"train.output_dir={out}", "train.log_with=[tensorboard,wandb]"])
     wandb.teardown()  # stops W&B's service process
     history = wandb_history(glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "run-*.wandb"))[0])
-    tensorboard = scalars(out)
+    tensorboard = read_scalars(out / "tensorboard")
     assert sorted(history) == [1, 2, 3]
     for step in (1, 2, 3):
         assert float(history[step]["train/loss"]) == pytest.approx(tensorboard["train/loss"][step], rel=1e-6)
