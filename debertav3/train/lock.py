@@ -102,4 +102,5 @@ def claim_output_dir(output_dir: str | os.PathLike, accelerator):
         raise
     finally:
         if handle is not None:
-            handle.close()  # releases the lock; the file stays (deleting it would race with a run opening it)
+            handle.close()  # releases the lock; the file stays (deleting it unlocked would race with a run
+            # opening it), unless _remove_if_bare took it, and its directory, while still holding it
