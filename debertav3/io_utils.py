@@ -1,6 +1,9 @@
 """Crash-safe writes: build a file or directory under a temporary name, then rename it into place.
 
-A reader therefore sees either the old complete artefact or the new complete one, never a half-written one.
+A reader therefore sees either the old complete artefact or the new complete one, never a half-written one. What
+is published gets the modes the user's umask gives a plain open() or mkdir(), as `save_pretrained`'s files do:
+tempfile makes its names private (0600 files, 0700 directories), and so does safetensors, which writes through a
+temporary file of its own.
 """
 
 from __future__ import annotations
@@ -18,6 +21,28 @@ def fsync_directory(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def umask() -> int:
+    """The process's umask: from /proc where Linux shows it, since reading it with os.umask means setting it for a
+    moment, when a file another thread creates would get the wrong mode."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(root: Path) -> None:
+    """Give `root` and everything below it the modes of a plain open() or mkdir(): 0o666 or 0o777, less the umask."""
+    mask = umask()
+    for path in [root, *root.rglob("*")]:
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def fsync_tree(root: Path) -> None:
@@ -41,6 +66,7 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = True):
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp
+        apply_umask(tmp)
         fsync_tree(tmp)
         old = None
         if target.exists():  # rename the old one aside first: rename() cannot replace a non-empty directory
@@ -64,6 +90,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
             fh.flush()
+            os.fchmod(fh.fileno(), 0o666 & ~umask())
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:

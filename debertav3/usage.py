@@ -1,22 +1,25 @@
 """How every command line reports a user's mistake or Ctrl-C: one line on stderr and an exit status, no traceback.
 
-- A mistake in the input, a `ValueError` (the convention of this package: `ConfigError`, the trainer's
-  `UserError`, `CheckpointError`, `AblationError` and the plain ValueErrors of the config and data checks all are
-  one), prints `error: <message>` and exits with status 2, the status argparse gives its own usage errors.
-- An operating-system failure no check caught first (`OSError`: a path that cannot be read or created) prints
-  `error: <path>: <reason>; <hint>`, status 2.
+- A mistake in the input, a `UserError` (`ConfigError`, `CheckpointError`, `AblationError`, ...: debertav3.errors;
+  every check of the user's config, files and paths raises one), prints `error: <message>` and exits with status
+  2, the status argparse gives its own usage errors.
+- A failure of the machine no check caught first (an `OSError` of a full disk or quota, a read-only filesystem,
+  an I/O error, a denied permission: ENVIRONMENT_ERRNOS) prints `error: <path>: <reason>; <hint>`, status 2.
 - argparse's own errors (a missing option, a number that is not one) are one line too (`ArgumentParser`).
 - Ctrl-C (SIGINT) prints `interrupted: <what is left and how to go on>` and exits with status 130 (128 + SIGINT,
   the shells' convention). Inside the training loop `train.signals.StopRequests` takes SIGINT over instead
   (finish the step, save a checkpoint, exit 0).
 
-Any other exception is a bug of ours and keeps its traceback.
+Any other exception, a plain `ValueError` or a `FileNotFoundError` included, is a bug of ours and keeps its
+traceback: a path the user gave is checked, or its OSError converted to a `UserError` naming the option, where it
+is opened.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import signal
 import sys
@@ -26,10 +29,13 @@ import warnings
 from pathlib import Path
 from typing import Callable, Optional, TypeVar
 
-from .errors import CollapseWarning, ScheduleWarning
+from .errors import CollapseWarning, ScheduleWarning, UserError
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 128 + signal.SIGINT
+# OSErrors that say what the machine lacks (space, quota, a writable or working disk, a permission), not what the
+# code did wrong: reported in one line, wherever they come from.
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM})
 T = TypeVar("T")
 
 
@@ -147,10 +153,10 @@ def guarded(action: Callable[[], T], interrupted: str | Callable[[], str],
             with _ending():
                 report("interrupted", interrupted() if callable(interrupted) else interrupted)
             return EXIT_INTERRUPTED, None
-        if isinstance(exc, ValueError):
+        if isinstance(exc, UserError):
             report("error", str(exc) or type(exc).__name__)
             return EXIT_USAGE, None
-        if isinstance(exc, OSError):
+        if isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS:
             report("error", f"{exc.filename or 'a file'}: {exc.strerror or exc}; {hint}")
             return EXIT_USAGE, None
         raise
@@ -169,7 +175,7 @@ def _raised_while_interrupted(exc: BaseException) -> bool:
 
 
 def check_writable(path: str | os.PathLike, option: str) -> None:
-    """Raise a one-line ValueError unless the directory `path` exists and is writable, or can be created.
+    """Raise a one-line UserError unless the directory `path` exists and is writable, or can be created.
 
     The nearest existing ancestor must be a directory in which a new entry can be made; the probe is a temporary
     directory removed at once, so a refused command leaves nothing behind (not even `path`'s parents).
@@ -179,10 +185,10 @@ def check_writable(path: str | os.PathLike, option: str) -> None:
     while not ancestor.exists():
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise ValueError(f"{option} {path} cannot be created: {ancestor} is a file, not a directory; choose "
-                         f"another {option}")
+        raise UserError(f"{option} {path} cannot be created: {ancestor} is a file, not a directory; choose "
+                        f"another {option}")
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".probe-", dir=ancestor))
     except OSError as exc:
-        raise ValueError(f"{option} {path} is not writable ({exc.strerror} in {ancestor}); choose another "
-                         f"{option}") from None
+        raise UserError(f"{option} {path} is not writable ({exc.strerror} in {ancestor}); choose another "
+                        f"{option}") from None

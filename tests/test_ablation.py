@@ -157,3 +157,15 @@ def test_finished_runs_need_only_their_small_files(ablation, capsys):
     assert code == 0 and "[ablation]" not in stdout
     after = json.loads((out / "results.json").read_text())
     assert after["runs"] == before["runs"] and after["summary"] == before["summary"]
+
+
+def test_rtd_overrides_apply_to_the_rtd_modes_only(tmp_path):
+    """`rtd.*` overrides given to the whole ablation set up its RTD runs; the mlm run, which a pretraining with
+    rtd keys refuses, leaves them out."""
+    from debertav3.ablation.runner import AblationSpec, Run, run_config
+
+    spec = AblationSpec(recipe="rtd_tiny", modes=["gdes", "mlm"], seeds=[0], max_steps=2, tasks=["cola"],
+                        output=str(tmp_path), overrides=["rtd.rtd_weight=20", "train.batch_size=4"])
+    gdes, mlm = (run_config(spec, Run(mode, 0, tmp_path / mode)) for mode in ("gdes", "mlm"))
+    assert (gdes.objective, gdes.rtd.rtd_weight, gdes.train.batch_size) == ("rtd", 20.0, 4)
+    assert (mlm.objective, mlm.rtd.rtd_weight, mlm.train.batch_size) == ("mlm", 50.0, 4)

@@ -3,6 +3,8 @@ and nothing lost or half-written. docs/reliability.md lists each case with its m
 
 import errno
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -95,3 +97,41 @@ def test_disk_full_while_checkpointing(files, tmp_path, capsys, monkeypatch):
     assert [p.name for p in complete_checkpoints(tmp_path)] == ["step-00000002"]
     assert load_file(complete_checkpoints(tmp_path)[0] / "model.safetensors")
     assert not list((tmp_path / "checkpoints").glob(".step-*"))
+
+
+def test_a_refused_run_leaves_no_new_directory(files, tmp_path, capsys):
+    """Refused at start-up (here a data.cache_dir under a file): the output directory it created, and the parents
+    it created for it, are gone; a directory that existed before stays."""
+    bad_cache = f"data.cache_dir={files}/a_file/cache"
+    code, err = run(capsys, files, tmp_path / "new" / "run", bad_cache)
+    assert code == 2 and "data.cache_dir" in err
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "existing").mkdir()
+    code, err = run(capsys, files, tmp_path / "existing", bad_cache)
+    assert code == 2 and (tmp_path / "existing").is_dir()
+
+
+INTERNAL_VALUE_ERROR = """
+import sys
+import debertav3.train.loop as loop
+from debertav3.train import main
+
+def build_model(cfg, special_ids):
+    raise ValueError("an internal check failed")
+
+loop.build_model = build_model
+main({{"model": {model}, "train": {{"progress": False}}}}, sys.argv[1:])
+"""
+
+
+def test_a_bug_is_not_reported_as_a_user_mistake(tmp_path):
+    """A ValueError from inside the trainer (a failed internal check) keeps its traceback and is not exit status 2;
+    a bad config value, in the same run, is one line and status 2."""
+    script = INTERNAL_VALUE_ERROR.format(model=SMALL_MODEL)
+    command = [sys.executable, "-c", script, f"train.output_dir={tmp_path / 'run'}"]
+    bug = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert bug.returncode not in (0, 2) and "Traceback" in bug.stderr
+    assert bug.stderr.rstrip().endswith("ValueError: an internal check failed"), bug.stderr[-2000:]
+    mistake = subprocess.run([*command, "optim.lr=-1"], capture_output=True, text=True, timeout=300)
+    assert mistake.returncode == 2
+    assert the_line(mistake.stderr) == "error: optim.lr must be a finite number > 0, got -1.0"

@@ -10,6 +10,7 @@ import pytest
 from debertav3 import ModelConfig, generator_config, preset
 from debertav3.model.config import PRESETS
 from debertav3.train import load_config
+from debertav3.train.config_io import to_yaml
 from debertav3.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,3 +112,44 @@ def test_the_schema_and_the_model_import_without_the_data_pipeline():
             "from debertav3.data import build_datasets; assert 'datasets' in sys.modules")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("where", ["command line", "YAML file"])
+def test_a_single_value_of_a_list_key_is_a_one_element_list(where, tmp_path):
+    """`data.train_files=path/to/file.txt`, without brackets, as people type it (and `train_files: a.txt` in YAML)."""
+    values = {"data.train_files": "path/to/file.txt", "data.valid_files": "held/*.txt.gz", "model.pos_att_type": "c2p",
+              "train.log_with": "tensorboard"}
+    if where == "command line":
+        cfg = load_config(None, None, [f"{key}={value}" for key, value in values.items()])
+    else:
+        (tmp_path / "run.yaml").write_text("data:\n  train_files: path/to/file.txt\n  valid_files: held/*.txt.gz\n"
+                                           "model:\n  pos_att_type: c2p\ntrain:\n  log_with: tensorboard\n")
+        cfg = load_config(None, str(tmp_path / "run.yaml"))
+    assert (cfg.data.train_files, cfg.data.valid_files) == (["path/to/file.txt"], ["held/*.txt.gz"])
+    assert (cfg.model.pos_att_type, cfg.train.log_with) == (["c2p"], ["tensorboard"])
+    assert load_config(None, None, ["data.train_files=[a.txt,b.txt]"]).data.train_files == ["a.txt", "b.txt"]
+
+
+@pytest.mark.parametrize("typed,meant", [("auto", "auto"), ("no", "no"), ("bf16", "bf16"), ("fp16", "fp16"),
+                                         ("off", "no"), ("false", "no")])
+def test_every_mixed_precision_value_works_as_typed(typed, meant, tmp_path):
+    """YAML 1.1, which OmegaConf parses both with, reads `no`, `off` and `false` as the boolean false."""
+    (tmp_path / "run.yaml").write_text(f"train:\n  mixed_precision: {typed}\n")
+    assert load_config(None, None, [f"train.mixed_precision={typed}"]).train.mixed_precision == meant
+    assert load_config(None, str(tmp_path / "run.yaml")).train.mixed_precision == meant
+    with pytest.raises(ConfigError, match="train.mixed_precision 'yes' is unknown; use auto, no, bf16 or fp16"):
+        load_config(None, None, ["train.mixed_precision=yes"])
+
+
+def test_rtd_keys_with_objective_mlm_are_refused(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, None, ["objective=mlm", "rtd.embedding_sharing=nes", "rtd.rtd_weight=10"])
+    assert str(info.value) == ("rtd.embedding_sharing, rtd.rtd_weight set with objective=mlm, which has no "
+                               "discriminator and ignores them; remove them or use objective=rtd")
+    (tmp_path / "run.yaml").write_text("objective: mlm\nrtd:\n  temperature: 2.0\n")
+    with pytest.raises(ConfigError, match="^rtd.temperature set with objective=mlm"):
+        load_config(None, str(tmp_path / "run.yaml"))
+    # Only values the user sets count: a recipe's rtd section, and the defaults every saved config.yaml lists, pass.
+    assert load_config({"rtd": {"rtd_weight": 20.0}}, None, ["objective=mlm"]).objective == "mlm"
+    (tmp_path / "saved.yaml").write_text(to_yaml(load_config(None, None, ["objective=mlm"])))
+    assert load_config(None, str(tmp_path / "saved.yaml")).objective == "mlm"

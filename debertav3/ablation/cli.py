@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence, TypeVar
 
 from .. import usage
-from ..errors import AblationError, Interrupted
+from ..errors import AblationError, Interrupted, UserError
 from .runner import MODES, AblationSpec, FinetuneOptions, check_budget, execute, plan, \
     validate
 
@@ -71,7 +71,7 @@ def build_spec(args: argparse.Namespace) -> AblationSpec:
                         data_dir=args.data_dir, overrides=list(args.overrides), finetune=options)
     try:
         validate(spec)
-    except ValueError as exc:
+    except UserError as exc:
         flag, _, rest = str(exc).partition(" ")
         if flag not in FINETUNE_FLAGS:
             raise

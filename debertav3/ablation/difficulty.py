@@ -23,7 +23,7 @@ from ..constants import IGNORE_INDEX
 from ..train.export import load_rtd_model, read_checkpoint_config, read_tokenizer, resolve_checkpoint
 from ..objective.bigram import BigramDetector
 from ..objective.metrics import roc_auc
-from ..errors import CheckpointError
+from ..errors import CheckpointError, UserError
 from ..train.checkpoint import STATE_FILE, checkpoint_dirs, checkpoint_root
 from ..usage import ArgumentParser, guarded
 
@@ -63,7 +63,7 @@ def measure(source: str, batches: int | None, max_tokens: int) -> list[dict]:
     checkpoints = checkpoints_of(source)
     cfg = read_checkpoint_config(checkpoints[-1])
     if cfg.objective != "rtd":
-        raise ValueError(f"{source} was trained with objective={cfg.objective}: it has no discriminator to measure")
+        raise UserError(f"{source} was trained with objective={cfg.objective}: it has no discriminator to measure")
     tokenizer = read_tokenizer(checkpoints[-1], cfg.model.vocab_size)
     train, valid = build_datasets(cfg.data, tokenizer, cfg.train.seed)
     detector = BigramDetector(counted_blocks(train, max_tokens), cfg.model.vocab_size)
@@ -73,7 +73,7 @@ def measure(source: str, batches: int | None, max_tokens: int) -> list[dict]:
     size, limit = cfg.train.batch_size, batches or cfg.train.eval_batches
     starts = list(itertools.islice(range(0, len(valid) - size + 1, size), limit))
     if not starts:
-        raise ValueError(f"the run's held-out set has {len(valid)} blocks, fewer than one batch of {size}")
+        raise UserError(f"the run's held-out set has {len(valid)} blocks, fewer than one batch of {size}")
     rows = []
     for checkpoint in checkpoints:
         model = load_rtd_model(checkpoint, read_checkpoint_config(checkpoint), tokenizer)

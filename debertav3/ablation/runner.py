@@ -113,10 +113,14 @@ def load_recipe(name: str) -> dict:
 
 
 def pretrain_overrides(spec: AblationSpec, run: Run) -> list[str]:
-    """The user's overrides, then what the ablation fixes per run (last wins in OmegaConf's dotlist merge)."""
+    """The user's overrides, then what the ablation fixes per run (last wins in OmegaConf's dotlist merge).
+
+    The user's `rtd.*` overrides are for the RTD modes: the mlm run, which has no discriminator, leaves them out
+    (a pretraining refuses them with objective mlm)."""
     mode = {"mlm": ["objective=mlm"], "random": ["objective=rtd"]}.get(  # random: only the architecture is used
         run.mode, ["objective=rtd", f"rtd.embedding_sharing={run.mode}"])
-    return [*spec.overrides, *mode, f"train.max_steps={spec.max_steps}", f"train.seed={run.seed}",
+    user = [o for o in spec.overrides if not (run.mode == "mlm" and o.startswith("rtd."))]
+    return [*user, *mode, f"train.max_steps={spec.max_steps}", f"train.seed={run.seed}",
             f"train.output_dir={run.directory / 'pretrain'}", "train.resume=auto", "train.progress=false"]
 
 

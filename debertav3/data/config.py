@@ -1,6 +1,6 @@
 """The `data:` section of the training schema: corpus, tokenizer, packing and masking (debertav3.data).
 
-Every value is checked in `__post_init__`; a bad one raises a one-line ValueError naming the key and the fix.
+Every value is checked in `__post_init__`; a bad one raises a one-line ConfigError naming the key and the fix.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..constants import DOCUMENT_MODES, MASK_MODES
+from ..errors import ConfigError
 from ..validation import check_number, check_positive
 
 
@@ -37,21 +38,21 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if self.max_seq_length < 8:
-            raise ValueError(f"data.max_seq_length must be >= 8, got {self.max_seq_length}")
+            raise ConfigError(f"data.max_seq_length must be >= 8, got {self.max_seq_length}")
         check_number("data.mask_prob", self.mask_prob, "(0, 1)")
         # The masker selects mask_prob * n of a block's n <= max_seq_length - 2 candidates, rounded stochastically
         # (data/masking.py): below one token, blocks often have nothing to predict, and steps whose batch has no
         # target are skipped.
         payload = self.max_seq_length - 2
         if self.mask_prob * payload < 1:
-            raise ValueError(f"data.mask_prob {self.mask_prob} selects {self.mask_prob * payload:.2g} of the "
-                             f"{payload} tokens of a block (data.max_seq_length {self.max_seq_length}), fewer than "
-                             f"one; raise data.mask_prob to >= {1 / payload:.3g} or data.max_seq_length")
+            raise ConfigError(f"data.mask_prob {self.mask_prob} selects {self.mask_prob * payload:.2g} of the "
+                              f"{payload} tokens of a block (data.max_seq_length {self.max_seq_length}), fewer than "
+                              f"one; raise data.mask_prob to >= {1 / payload:.3g} or data.max_seq_length")
         if self.mask_mode not in ("auto",) + MASK_MODES:
-            raise ValueError(f"data.mask_mode {self.mask_mode!r} is unknown; use one of {['auto', *MASK_MODES]}")
+            raise ConfigError(f"data.mask_mode {self.mask_mode!r} is unknown; use one of {['auto', *MASK_MODES]}")
         if self.documents not in DOCUMENT_MODES:
-            raise ValueError(f"data.documents {self.documents!r} is unknown; use one of {list(DOCUMENT_MODES)}")
+            raise ConfigError(f"data.documents {self.documents!r} is unknown; use one of {list(DOCUMENT_MODES)}")
         check_number("data.valid_fraction", self.valid_fraction, "[0, 1)")
         check_positive("data", self, ("num_proc", "max_valid_blocks"))
         if self.num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+            raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import logging
@@ -30,7 +31,7 @@ import torch
 from .config import DataConfig
 from ..usage import check_writable
 from . import sources, tokenizer as tokenizer_module
-from ..errors import DamagedFile
+from ..errors import DamagedFile, UserError
 from .sources import iter_documents, resolve_files
 from .tokenizer import Tokenizer
 
@@ -92,7 +93,7 @@ def pad_blocks(blocks: list, pad_id: int, length: int | None = None) -> dict[str
 def build_datasets(cfg: DataConfig, tokenizer: Tokenizer, seed: int) -> tuple[torch.utils.data.Dataset, Blocks]:
     """(train, valid): train is `Blocks` (or `BlockStream` when `cfg.streaming`), valid is `Blocks`."""
     if cfg.dataset_name and cfg.train_files:
-        raise ValueError("set data.dataset_name or data.train_files, not both")
+        raise UserError("set data.dataset_name or data.train_files, not both")
     if cfg.cache_dir:
         check_writable(cfg.cache_dir, "data.cache_dir")
     bundled = not cfg.train_files and not cfg.dataset_name
@@ -108,7 +109,7 @@ def build_datasets(cfg: DataConfig, tokenizer: Tokenizer, seed: int) -> tuple[to
         train = _pack(docs, cfg, tokenizer, (seed, cfg.valid_fraction, False))
         valid_blocks = _pack(docs, cfg, tokenizer, (seed, cfg.valid_fraction, True)) if cfg.valid_fraction else []
     if next(iter(train), None) is None:
-        raise ValueError(f"{where}: no training document gives a block of >= {MIN_BLOCK_TOKENS} tokens")
+        raise UserError(f"{where}: no training document gives a block of >= {MIN_BLOCK_TOKENS} tokens")
     valid_rows = [row["input_ids"] for row in itertools.islice(valid_blocks, cfg.max_valid_blocks)]
     if not valid_rows:
         logger.warning("no held-out block: data.valid_fraction=%s selected no document; set data.valid_files "
@@ -129,7 +130,7 @@ def _file_documents(cfg: DataConfig, patterns: list[str], setting: str):
     files = resolve_files(patterns, setting, cfg.text_field)
     # Reads up to the first document (all of an empty file): `datasets` would fail on no rows, less clearly.
     if all(next(iter_documents(path, cfg.documents, cfg.text_field), None) is None for path in files):
-        raise ValueError(f"{setting}: no text in {files}")
+        raise UserError(f"{setting}: no text in {files}")
     kwargs = dict(files=list(enumerate(os.path.abspath(p) for p in files)), documents=cfg.documents,
                   text_field=cfg.text_field)
     where = f"{setting} {files}"
@@ -139,16 +140,34 @@ def _file_documents(cfg: DataConfig, patterns: list[str], setting: str):
     stamps = [(os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in files]
     num_proc = min(cfg.num_proc, len(files))  # `datasets` gives each process whole files
     try:
-        docs = datasets.Dataset.from_generator(_generate_documents, features=DOC_FEATURES, gen_kwargs=kwargs,
-                                               cache_dir=cfg.cache_dir, num_proc=num_proc if num_proc > 1 else None,
-                                               writer_batch_size=ROWS_PER_BATCH,
-                                               fingerprint=_fingerprint(kwargs, stamps))
+        with _without_progress_bars():
+            docs = datasets.Dataset.from_generator(_generate_documents, features=DOC_FEATURES, gen_kwargs=kwargs,
+                                                   cache_dir=cfg.cache_dir,
+                                                   num_proc=num_proc if num_proc > 1 else None,
+                                                   writer_batch_size=ROWS_PER_BATCH,
+                                                   fingerprint=_fingerprint(kwargs, stamps))
     except datasets.exceptions.DatasetGenerationError as exc:
         damaged = _damaged_file(exc)
         if damaged is None:
             raise
         raise damaged from None
     return docs, where
+
+
+@contextlib.contextmanager
+def _without_progress_bars():
+    """`datasets`' progress bars off for the block, unless the user asked for them (HF_DATASETS_DISABLE_PROGRESS_BARS=0)
+
+    Reading the documents into the Arrow cache draws "Generating train split" bars that tell a user nothing to act
+    on, before the run's header; tokenizing keeps its "tokenize and pack" bar, the step a large corpus waits on."""
+    if datasets.are_progress_bars_disabled() or datasets.config.HF_DATASETS_DISABLE_PROGRESS_BARS is False:
+        yield
+        return
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        datasets.enable_progress_bars()
 
 
 def _damaged_file(exc: datasets.exceptions.DatasetGenerationError) -> DamagedFile | None:
@@ -173,11 +192,11 @@ def _hub_documents(cfg: DataConfig):
                                    cache_dir=cfg.cache_dir)
     except (ConnectionError, FileNotFoundError) as exc:  # datasets' DatasetNotFoundError is a FileNotFoundError
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"data.dataset_name {cfg.dataset_name!r} cannot be loaded ({reason}); check the name, "
-                         "data.dataset_config and the network (or the datasets cache), or give data.train_files") \
+        raise UserError(f"data.dataset_name {cfg.dataset_name!r} cannot be loaded ({reason}); check the name, "
+                        "data.dataset_config and the network (or the datasets cache), or give data.train_files") \
             from None
     if ds.column_names is not None and cfg.text_field not in ds.column_names:
-        raise ValueError(f"data.text_field {cfg.text_field!r} is not a column of {cfg.dataset_name}: {ds.column_names}")
+        raise UserError(f"data.text_field {cfg.text_field!r} is not a column of {cfg.dataset_name}: {ds.column_names}")
     return ds.map(_as_document, with_indices=True, batched=True, input_columns=cfg.text_field).select_columns(
         ["text", "doc"])
 

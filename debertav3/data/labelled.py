@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from ..errors import UserError
+
 TASK_TYPES = ("classification", "regression")
 FORMATS = {".tsv": "tsv", ".txt": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
 ENCODING = "utf-8-sig"  # UTF-8 without the byte-order mark some editors (and MRPC's files) put first
@@ -52,12 +54,12 @@ def labelled_format(path: str) -> str:
     """"tsv", "csv" or "jsonl" from the name; a .txt file is TSV only if its first line has a tab."""
     suffix = Path(path).suffix.lower()
     if suffix not in FORMATS:
-        raise ValueError(f"{path}: unknown file type {suffix!r}; use .tsv, .txt (tab-separated), .csv or .jsonl")
+        raise UserError(f"{path}: unknown file type {suffix!r}; use .tsv, .txt (tab-separated), .csv or .jsonl")
     if suffix == ".txt":
         with open(path, encoding=ENCODING, errors="replace") as handle:
             if "\t" not in handle.readline():
-                raise ValueError(f"{path}: a .txt file is read as tab-separated columns, but its first line has no "
-                                 "tab; give a .tsv, .csv or .jsonl file")
+                raise UserError(f"{path}: a .txt file is read as tab-separated columns, but its first line has no "
+                                "tab; give a .tsv, .csv or .jsonl file")
     return FORMATS[suffix]
 
 
@@ -77,11 +79,11 @@ def _column_positions(path: str, header: list[str] | None, columns: Sequence[str
         if header is not None:
             if column not in header:
                 hint = "; with a header-less file pass --no-header" if column.isdigit() else ""
-                raise ValueError(f"{path} has no column {column!r} (its header: {', '.join(header)}){hint}")
+                raise UserError(f"{path} has no column {column!r} (its header: {', '.join(header)}){hint}")
             positions.append(header.index(column))
         elif not column.isdigit():
-            raise ValueError(f"{path}: column {column!r} is not an index; without a header name columns by 0-based "
-                             "index (e.g. --text-columns 3 --label-column 1)")
+            raise UserError(f"{path}: column {column!r} is not an index; without a header name columns by 0-based "
+                            "index (e.g. --text-columns 3 --label-column 1)")
         else:
             positions.append(int(column))
     return positions
@@ -91,12 +93,12 @@ def _read_delimited(path: str, kind: str, columns: Sequence[str], header: bool) 
     rows = _delimited_rows(path, kind)
     names = next(rows, (0, None))[1] if header else None
     if header and names is None:
-        raise ValueError(f"{path} is empty")
+        raise UserError(f"{path} is empty")
     positions = _column_positions(path, [n.strip() for n in names] if names else None, columns)
     for line, row in rows:
         if max(positions) >= len(row):
-            raise ValueError(f"{path} line {line} has {len(row)} fields, fewer than the {max(positions) + 1} that the "
-                             "requested columns need; check the file's delimiter and --text-columns/--label-column")
+            raise UserError(f"{path} line {line} has {len(row)} fields, fewer than the {max(positions) + 1} that the "
+                            "requested columns need; check the file's delimiter and --text-columns/--label-column")
         yield line, [row[p] for p in positions]
 
 
@@ -108,12 +110,12 @@ def _read_jsonl(path: str, columns: Sequence[str]) -> Iterator[tuple[int, list[s
             try:
                 row = json.loads(text)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path} line {line} is not valid JSON ({exc.msg})") from None
+                raise UserError(f"{path} line {line} is not valid JSON ({exc.msg})") from None
             if not isinstance(row, dict):
-                raise ValueError(f"{path} line {line} is not a JSON object; each line must map column names to values")
+                raise UserError(f"{path} line {line} is not a JSON object; each line must map column names to values")
             missing = [c for c in columns if c not in row]
             if missing:
-                raise ValueError(f"{path} line {line} has no column {missing[0]!r} (its keys: {', '.join(row)})")
+                raise UserError(f"{path} line {line} has no column {missing[0]!r} (its keys: {', '.join(row)})")
             yield line, ["" if row[c] is None else str(row[c]) for c in columns]
 
 
@@ -122,15 +124,15 @@ def read_split(path: str | os.PathLike, text_columns: Sequence[str], label_colum
     """Read `text_columns` (one or two: a sentence or a sentence pair) and `label_column` of every row."""
     path = str(path)
     if os.path.isdir(path):
-        raise ValueError(f"data file {path} is a directory; give a .tsv, .txt, .csv or .jsonl file")
+        raise UserError(f"data file {path} is a directory; give a .tsv, .txt, .csv or .jsonl file")
     if not os.path.isfile(path):
-        raise ValueError(f"data file {path} not found")
+        raise UserError(f"data file {path} not found")
     try:
         kind = labelled_format(path)
         columns = [*text_columns, label_column]
         if kind == "jsonl":
             if not header:
-                raise ValueError(f"{path}: --no-header applies to TSV/CSV files; JSON-lines columns are keys")
+                raise UserError(f"{path}: --no-header applies to TSV/CSV files; JSON-lines columns are keys")
             rows = _read_jsonl(path, columns)
         else:
             rows = _read_delimited(path, kind, columns, header)
@@ -138,15 +140,15 @@ def read_split(path: str | os.PathLike, text_columns: Sequence[str], label_colum
         for line, values in rows:
             label = values[-1].strip()
             if not label:
-                raise ValueError(f"{path} line {line} has an empty label (column {label_column!r})")
+                raise UserError(f"{path} line {line} has an empty label (column {label_column!r})")
             texts.append(tuple(values[:-1]))
             labels.append(label)
             lines.append(line)
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{path} is not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r} at offset "
-                         f"{exc.start}); convert it to UTF-8") from None
+        raise UserError(f"{path} is not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r} at offset "
+                        f"{exc.start}); convert it to UTF-8") from None
     if not labels:
-        raise ValueError(f"{path} has no examples")
+        raise UserError(f"{path} has no examples")
     return Split(path, texts, labels, lines)
 
 
@@ -154,9 +156,9 @@ def label_vocabulary(train: Split) -> list[str]:
     """Sorted training labels: numerically when all are integers, else as strings; at least two of them."""
     names = set(train.labels)
     if len(names) < 2:
-        raise ValueError(f"every training example of {train.path} has the label {train.labels[0]!r}; a classifier "
-                         "needs two labels at least: check --label-column (or --max-train-examples, or use "
-                         "--task-type regression)")
+        raise UserError(f"every training example of {train.path} has the label {train.labels[0]!r}; a classifier "
+                        "needs two labels at least: check --label-column (or --max-train-examples, or use "
+                        "--task-type regression)")
     integers = all(name.lstrip("-").isdigit() for name in names)
     return sorted(names, key=int) if integers else sorted(names)
 
@@ -171,13 +173,13 @@ def encode_labels(split: Split, task_type: str, vocabulary: list[str] | None, tr
             except ValueError:
                 value = math.nan
             if not math.isfinite(value):  # float() also reads "nan" and "inf", which no metric survives
-                raise ValueError(f"{split.path} line {line}: label {label!r} is not a finite number; regression "
-                                 "needs numeric labels (or use --task-type classification)")
+                raise UserError(f"{split.path} line {line}: label {label!r} is not a finite number; regression "
+                                "needs numeric labels (or use --task-type classification)")
             values.append(value)
         return values
     index = {name: i for i, name in enumerate(vocabulary)}
     for label, line in zip(split.labels, split.lines):
         if label not in index:
-            raise ValueError(f"{split.path} line {line}: label {label!r} never occurs in {train_path or 'train'} "
-                             f"(labels: {', '.join(vocabulary)}); use a dev file with the training labels")
+            raise UserError(f"{split.path} line {line}: label {label!r} never occurs in {train_path or 'train'} "
+                            f"(labels: {', '.join(vocabulary)}); use a dev file with the training labels")
     return [index[label] for label in split.labels]

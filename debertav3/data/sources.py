@@ -19,7 +19,7 @@ from typing import IO, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from ..errors import DamagedFile
+from ..errors import DamagedFile, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -49,15 +49,15 @@ def resolve_files(patterns: Sequence[str], setting: str, text_field: str) -> lis
         pattern = os.path.expanduser(pattern)
         matches = sorted(glob.glob(pattern, recursive=True)) if any(c in pattern for c in _GLOB_CHARS) else [pattern]
         if not matches:
-            raise ValueError(f"{setting}: {pattern!r} matches no file")
+            raise UserError(f"{setting}: {pattern!r} matches no file")
         for path in matches:
             if os.path.isdir(path):
-                raise ValueError(f"{setting}: {path} is a directory; name its files, e.g. {path}/*.txt.gz")
+                raise UserError(f"{setting}: {path} is a directory; name its files, e.g. {path}/*.txt.gz")
             if not os.path.isfile(path):
-                raise ValueError(f"{setting}: file not found: {path}")
+                raise UserError(f"{setting}: file not found: {path}")
             problem = _problem(path, text_field)
             if problem:
-                raise ValueError(f"{setting}: {path} {problem}")
+                raise UserError(f"{setting}: {path} {problem}")
             files.append(path)
     return files
 
@@ -105,7 +105,7 @@ def iter_documents(path: str, documents: str, text_field: str) -> Iterator[str]:
     """The non-empty documents of one file, in order (see the module docstring for what a document is).
 
     A file that breaks off or is corrupt further on than `resolve_files` looked (a truncated .gz) raises a
-    one-line ValueError naming it when the reading gets there.
+    one-line `DamagedFile` naming it when the reading gets there.
     """
     try:
         yield from _documents(path, documents, text_field)

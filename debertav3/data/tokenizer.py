@@ -26,6 +26,8 @@ from typing import Iterable, Iterator, Sequence
 import sentencepiece as spm
 import torch
 
+from ..errors import UserError
+from ..io_utils import apply_umask
 from ..validation import check_number
 from ..usage import check_writable
 from .sources import iter_documents, resolve_files
@@ -63,8 +65,8 @@ class Tokenizer:
         size = self.sp.get_piece_size()
         pieces = tuple(self.sp.id_to_piece(i) for i in range(min(size, len(SPECIAL_PIECES))))
         if pieces != SPECIAL_PIECES:
-            raise ValueError(f"{directory}/{MODEL_FILE} has {list(pieces)} at ids 0-3, not DeBERTa-v3's "
-                             f"{list(SPECIAL_PIECES)}; train it with tools/train_tokenizer.py")
+            raise UserError(f"{directory}/{MODEL_FILE} has {list(pieces)} at ids 0-3, not DeBERTa-v3's "
+                            f"{list(SPECIAL_PIECES)}; train it with tools/train_tokenizer.py")
         self.mask_id = size
         self.vocab_size = size + 1
         self.special_ids = (self.pad_id, self.cls_id, self.sep_id, self.unk_id, self.mask_id)
@@ -78,12 +80,12 @@ class Tokenizer:
         directory = Path(path) if path is not None else BUNDLED_TOKENIZER
         model = directory if directory.is_file() else directory / MODEL_FILE
         if not model.is_file():
-            raise ValueError(f"data.tokenizer: no {MODEL_FILE} in {directory}; train one with tools/train_tokenizer.py")
+            raise UserError(f"data.tokenizer: no {MODEL_FILE} in {directory}; train one with tools/train_tokenizer.py")
         try:
             return cls(model.read_bytes(), str(model.parent))
         except RuntimeError:  # SentencePiece's protobuf parser: "INTERNAL: ...(109) [model_proto->ParseFromArray...]"
-            raise ValueError(f"data.tokenizer: {model} is not a SentencePiece model (damaged, or another kind of "
-                             "file); train one with tools/train_tokenizer.py") from None
+            raise UserError(f"data.tokenizer: {model} is not a SentencePiece model (damaged, or another kind of "
+                            "file); train one with tools/train_tokenizer.py") from None
 
     # Pickled as the model bytes: `datasets` hashes this state to fingerprint its cache and ships it to workers.
     def __getstate__(self) -> dict:
@@ -104,8 +106,8 @@ class Tokenizer:
     def check_fits(self, model_vocab_size: int) -> None:
         """Fail when the model's embedding table has fewer rows than this tokenizer has ids."""
         if model_vocab_size < self.vocab_size:
-            raise ValueError(f"model.vocab_size ({model_vocab_size}) is smaller than the {self.vocab_size} ids of the "
-                             f"tokenizer in {self.directory}; set model.vocab_size >= {self.vocab_size}")
+            raise UserError(f"model.vocab_size ({model_vocab_size}) is smaller than the {self.vocab_size} ids of the "
+                            f"tokenizer in {self.directory}; set model.vocab_size >= {self.vocab_size}")
 
     def save(self, directory: str | os.PathLike) -> None:
         """Write spm.model and the transformers files into `directory` (for export next to a checkpoint)."""
@@ -163,23 +165,23 @@ def train_tokenizer(inputs: Sequence[str], vocab_size: int, output: str | os.Pat
     """
     output = Path(output)
     if output.exists():
-        raise ValueError(f"--output {output} already exists; remove it or choose a new directory")
+        raise UserError(f"--output {output} already exists; remove it or choose a new directory")
     check_writable(output, "--output")  # before the training it would otherwise throw away
     if model_type not in MODEL_TYPES:
-        raise ValueError(f"--model-type {model_type!r} is unknown; use one of {list(MODEL_TYPES)}")
+        raise UserError(f"--model-type {model_type!r} is unknown; use one of {list(MODEL_TYPES)}")
     if vocab_size <= len(SPECIAL_PIECES):
-        raise ValueError(f"--vocab-size must be > {len(SPECIAL_PIECES)} (the special pieces), got {vocab_size}")
+        raise UserError(f"--vocab-size must be > {len(SPECIAL_PIECES)} (the special pieces), got {vocab_size}")
     check_number("--character-coverage", character_coverage, f"[{MIN_CHARACTER_COVERAGE}, 1]")
     if input_sentence_size < 0:
-        raise ValueError(f"--input-sentence-size must be >= 0 (0: every line), got {input_sentence_size}")
+        raise UserError(f"--input-sentence-size must be >= 0 (0: every line), got {input_sentence_size}")
     if not 0 <= seed < 2 ** 32:  # SentencePiece's seed is an unsigned 32-bit integer
-        raise ValueError(f"--seed must be in [0, 2^32), got {seed}")
+        raise UserError(f"--seed must be in [0, 2^32), got {seed}")
     files = resolve_files(inputs, "--input", text_field)
     failure: list[BaseException] = []
     sentences = _recorded(_sentences(files, text_field), failure)
     first = next(sentences, None)
     if first is None:
-        raise ValueError(f"--input: no text in {', '.join(files)}")
+        raise UserError(f"--input: no text in {', '.join(files)}")
     model = io.BytesIO()
     spm.set_random_generator_seed(seed)
     try:
@@ -195,13 +197,13 @@ def train_tokenizer(inputs: Sequence[str], vocab_size: int, output: str | os.Pat
         # Keep SentencePiece's sentence ("Vocabulary size too high (8000). Please set it to a value <= 15."),
         # not the source location and check in brackets before it.
         reason = str(error).strip().rsplit("] ", 1)[-1] or type(error).__name__
-        raise ValueError(f"sentencepiece could not train on {', '.join(files)}: {reason}") from None
+        raise UserError(f"sentencepiece could not train on {', '.join(files)}: {reason}") from None
     tokenizer = Tokenizer(model.getvalue(), str(output))
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
         tokenizer.save(staging)
-        staging.chmod(0o755)  # mkdtemp made it private
+        apply_umask(staging)  # mkdtemp made it private
         staging.rename(output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

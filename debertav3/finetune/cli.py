@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
+from ..errors import ConfigError
 from ..usage import ArgumentParser, guarded
 from .config import DATA_ENV, PRESETS, FinetuneConfig
 from ..data.labelled import TASK_TYPES
@@ -60,8 +61,8 @@ def build_config(args: argparse.Namespace) -> FinetuneConfig:
     missing = [name for name in DATA_OPTIONS if name not in options]
     if missing:
         flags = ", ".join("--" + name.replace("_", "-") for name in missing)
-        raise ValueError(f"give --task {{{','.join(sorted(PRESETS))}}} or all of --train, --dev, --text-columns, "
-                         f"--label-column (missing: {flags})")
+        raise ConfigError(f"give --task {{{','.join(sorted(PRESETS))}}} or all of --train, --dev, --text-columns, "
+                          f"--label-column (missing: {flags})")
     return FinetuneConfig(**options)
 
 

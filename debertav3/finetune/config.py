@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from ..errors import ConfigError
 from ..validation import check_number
 from ..data.labelled import TASK_TYPES
 
@@ -45,7 +46,7 @@ def default_data_dir() -> Path:
 
 @dataclass
 class FinetuneConfig:
-    """One run. Every check fails with a one-line ValueError naming the option."""
+    """One run. Every check fails with a one-line ConfigError naming the option."""
 
     model: str
     train: str
@@ -73,40 +74,40 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         if self.task_type not in TASK_TYPES:
-            raise ValueError(f"--task-type {self.task_type!r} is unknown; use one of {list(TASK_TYPES)}")
+            raise ConfigError(f"--task-type {self.task_type!r} is unknown; use one of {list(TASK_TYPES)}")
         if not 1 <= len(self.text_columns) <= 2:
-            raise ValueError(f"--text-columns takes one column or two (a sentence pair), got {len(self.text_columns)}")
+            raise ConfigError(f"--text-columns takes one column or two (a sentence pair), got {len(self.text_columns)}")
         for name in ("epochs", "batch_size", "max_length"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.max_train_examples is not None and self.max_train_examples <= 0:
-            raise ValueError(f"--max-train-examples must be positive, got {self.max_train_examples}")
+            raise ConfigError(f"--max-train-examples must be positive, got {self.max_train_examples}")
         # [CLS] A [SEP], or [CLS] A [SEP] B [SEP]: with one token of each text at least.
         shortest = 3 if len(self.text_columns) == 1 else 5
         if self.max_length < shortest:
-            raise ValueError(f"--max-length {self.max_length} leaves no room for text: "
-                             f"{'[CLS] A [SEP]' if shortest == 3 else '[CLS] A [SEP] B [SEP]'} needs {shortest} "
-                             "tokens at least")
+            raise ConfigError(f"--max-length {self.max_length} leaves no room for text: "
+                              f"{'[CLS] A [SEP]' if shortest == 3 else '[CLS] A [SEP] B [SEP]'} needs {shortest} "
+                              "tokens at least")
         for option, value, allowed in (("--lr", self.lr, "> 0"), ("--warmup-ratio", self.warmup_ratio, "[0, 1)"),
                                        ("--weight-decay", self.weight_decay, ">= 0"),
                                        ("--sift-weight", self.sift_weight, ">= 0")):
             check_number(option, value, allowed)
         if not 0 <= self.seed < 2 ** 32:  # numpy's seed range
-            raise ValueError(f"--seed must be in [0, 2^32), got {self.seed}")
+            raise ConfigError(f"--seed must be in [0, 2^32), got {self.seed}")
         if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"--device {self.device!r} is unknown; use auto, cpu or cuda")
+            raise ConfigError(f"--device {self.device!r} is unknown; use auto, cpu or cuda")
         if not self.metric:
             self.metric = METRICS[self.task_type][0]
         if self.metric not in METRICS[self.task_type]:
-            raise ValueError(f"metric {self.metric!r} is not reported for {self.task_type}; use one of "
-                             f"{list(METRICS[self.task_type])}")
+            raise ConfigError(f"metric {self.metric!r} is not reported for {self.task_type}; use one of "
+                              f"{list(METRICS[self.task_type])}")
 
     @classmethod
     def from_preset(cls, task: str, data_dir: str | os.PathLike | None = None, **options) -> "FinetuneConfig":
         """A preset's files and columns, with `options` (any field) on top."""
         if task not in PRESETS:
-            raise ValueError(f"--task {task!r} is unknown; use one of {sorted(PRESETS)} or give --train/--dev/"
-                             "--text-columns/--label-column")
+            raise ConfigError(f"--task {task!r} is unknown; use one of {sorted(PRESETS)} or give --train/--dev/"
+                              "--text-columns/--label-column")
         preset = PRESETS[task]
         root = Path(data_dir) if data_dir else default_data_dir()
         values = dict(train=str(root / preset.train), dev=str(root / preset.dev),
@@ -117,6 +118,6 @@ class FinetuneConfig:
         values.update({k: v for k, v in options.items() if v is not None})
         for key in ("train", "dev"):
             if not Path(values[key]).is_file():
-                raise ValueError(f"{task} {key} file {values[key]} not found; point --data-dir (or {DATA_ENV}) at "
-                                 "the directory holding sst2/ and cola/")
+                raise ConfigError(f"{task} {key} file {values[key]} not found; point --data-dir (or {DATA_ENV}) at "
+                                  "the directory holding sst2/ and cola/")
         return cls(**values)

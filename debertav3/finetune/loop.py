@@ -22,7 +22,7 @@ import torch
 from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, UserError
 from ..io_utils import atomic_write_text
 from ..train.optim import build_optimizer, linear_schedule
 from ..train.config import OptimConfig
@@ -50,7 +50,7 @@ def load_model(cfg: FinetuneConfig, labels: list[str] | None):
     try:
         import transformers
     except ImportError:
-        raise ValueError("fine-tuning needs transformers: pip install -e '.[dev]'") from None
+        raise UserError("fine-tuning needs transformers: pip install -e '.[dev]'") from None
     if not (Path(cfg.model) / "config.json").is_file():
         raise CheckpointError(f"--model {cfg.model} is not a model directory (no config.json); export one with "
                               "tools/export.py")
@@ -117,7 +117,7 @@ def embedding_layer_norm(model) -> torch.nn.LayerNorm:
     """The LayerNorm SiFT perturbs: `<backbone>.embeddings.LayerNorm` (DeBERTa, BERT and their kin)."""
     norm = getattr(getattr(model.base_model, "embeddings", None), "LayerNorm", None)
     if not isinstance(norm, torch.nn.LayerNorm):
-        raise ValueError(f"--sift needs a model with embeddings.LayerNorm; {type(model).__name__} has none")
+        raise UserError(f"--sift needs a model with embeddings.LayerNorm; {type(model).__name__} has none")
     return norm
 
 
@@ -125,7 +125,7 @@ def resolve_device(requested: str) -> torch.device:
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     if requested == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available; use --device cpu")
+        raise UserError("--device cuda: no CUDA device is available; use --device cpu")
     return torch.device(requested)
 
 

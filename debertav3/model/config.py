@@ -70,10 +70,10 @@ class ModelConfig:
             check_positive("model", self, ("embedding_size",))
             if self.embedding_size != self.hidden_size and self.position_biased_input:
                 raise ConfigError("model.embedding_size differs from model.hidden_size, which needs "
-                                 "model.position_biased_input=false (the DeBERTa-v3 setting)")
+                                  "model.position_biased_input=false (the DeBERTa-v3 setting)")
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(f"model.hidden_size ({self.hidden_size}) must be divisible by "
-                             f"model.num_attention_heads ({self.num_attention_heads})")
+                              f"model.num_attention_heads ({self.num_attention_heads})")
         unknown = [t for t in self.pos_att_type if t not in POSITION_TERMS]
         if unknown:
             raise ConfigError(f"model.pos_att_type has unknown term(s) {unknown}; use a subset of {list(POSITION_TERMS)}")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from safetensors import SafetensorError
 
-from ..io_utils import fsync_directory
+from ..io_utils import apply_umask, fsync_directory
 from ..errors import UserError
 from .manifest import MANIFEST_FILE, verify, write_manifest
 
@@ -97,6 +97,7 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, state
             (tmp / CONFIG_FILE).write_text(config_yaml)
             tokenizer.save(tmp / "tokenizer")
             (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+            apply_umask(tmp)  # safetensors writes model.safetensors 0600
             write_manifest(tmp)  # fsyncs every file, then marks the directory complete
             if final.exists():  # the same step saved again (train.nonfinite=stop right after a save)
                 discard(final)

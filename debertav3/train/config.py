@@ -14,10 +14,11 @@ from typing import Optional
 
 from ..model.config import ModelConfig
 from ..validation import check_number, check_positive
-from ..constants import OBJECTIVES, SHARING_MODES
+from ..constants import OBJECTIVES, SHARING_MODES, TRACKERS
 from ..data.config import DataConfig
-from ..errors import ScheduleWarning
+from ..errors import ConfigError, ScheduleWarning
 
+LR_SCALINGS = ("none", "sqrt")
 
 
 
@@ -34,11 +35,11 @@ class PretrainModelConfig(ModelConfig):
     def validate(self) -> None:
         super().validate()
         if self.generator_layers is not None and self.generator_layers <= 0:
-            raise ValueError(f"model.generator_layers must be positive (or null: half the discriminator's depth), "
-                             f"got {self.generator_layers}")
+            raise ConfigError(f"model.generator_layers must be positive (or null: half the discriminator's depth), "
+                              f"got {self.generator_layers}")
         if self.generator_hidden_size is not None and not 0 < self.generator_hidden_size <= self.hidden_size:
-            raise ValueError(f"model.generator_hidden_size must be in [1, model.hidden_size = {self.hidden_size}] "
-                             f"(or null: the discriminator's width), got {self.generator_hidden_size}")
+            raise ConfigError(f"model.generator_hidden_size must be in [1, model.hidden_size = {self.hidden_size}] "
+                              f"(or null: the discriminator's width), got {self.generator_hidden_size}")
 
     def backbone(self) -> ModelConfig:
         """The plain `ModelConfig` (without the pretraining-only fields)."""
@@ -56,8 +57,8 @@ class RTDConfig:
 
     def __post_init__(self) -> None:
         if self.embedding_sharing not in SHARING_MODES:
-            raise ValueError(f"rtd.embedding_sharing {self.embedding_sharing!r} is unknown; "
-                             f"use one of {list(SHARING_MODES)}")
+            raise ConfigError(f"rtd.embedding_sharing {self.embedding_sharing!r} is unknown; "
+                              f"use one of {list(SHARING_MODES)}")
         check_number("rtd.rtd_weight", self.rtd_weight, ">= 0")
         check_number("rtd.temperature", self.temperature, "> 0")
 
@@ -75,13 +76,21 @@ class OptimConfig:
     max_grad_norm: float = 1.0
     # The discriminator's (and GDES's E_Delta's) lr as a multiple of `lr`; 1: one lr for both (the papers)
     discriminator_lr_scale: float = 1.0
+    # How the lr follows the global batch (train/optim.py, `scaled_lr`): none, `lr` as it is; sqrt, `lr` is the lr at
+    # `lr_reference_tokens` tokens per optimizer step, times sqrt(tokens per step / lr_reference_tokens), at most
+    # `lr`. An `optim.lr` the user sets turns a recipe's sqrt off (config_io.py).
+    lr_scaling: str = "none"
+    lr_reference_tokens: int = 8192 * 512  # the DeBERTaV3 paper's global batch: 8192 sequences of 512 tokens
 
     def __post_init__(self) -> None:
         for name, allowed in (("lr", "> 0"), ("beta1", "[0, 1)"), ("beta2", "[0, 1)"), ("eps", "> 0"),
                               ("weight_decay", ">= 0"), ("max_grad_norm", "> 0"), ("discriminator_lr_scale", "> 0")):
             check_number(f"optim.{name}", getattr(self, name), allowed)
         if self.warmup_steps < 0:
-            raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+            raise ConfigError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.lr_scaling not in LR_SCALINGS:
+            raise ConfigError(f"optim.lr_scaling {self.lr_scaling!r} is unknown; use one of {list(LR_SCALINGS)}")
+        check_positive("optim", self, ("lr_reference_tokens",))
 
 
 @dataclass
@@ -95,6 +104,8 @@ class TrainSection:
     mixed_precision: str = "auto"  # auto: bf16 on a GPU that has it, else no
     seed: int = 42
     log_every: int = 10
+    # Experiment trackers (accelerate's names); a single name is a one-element list; []: none
+    log_with: list[str] = field(default_factory=lambda: ["tensorboard"])
     eval_every: int = 200
     eval_batches: int = 20
     embedding_stats_every: int = 100
@@ -113,14 +124,17 @@ class TrainSection:
                                        "eval_every", "eval_batches", "embedding_stats_every", "save_every",
                                        "keep_last"))
         if not 0 <= self.seed < 2 ** 32:  # numpy's and accelerate's set_seed range
-            raise ValueError(f"train.seed must be in [0, 2^32), got {self.seed}")
+            raise ConfigError(f"train.seed must be in [0, 2^32), got {self.seed}")
         if self.nonfinite not in ("skip", "stop"):
-            raise ValueError(f"train.nonfinite {self.nonfinite!r} is unknown; use skip or stop")
+            raise ConfigError(f"train.nonfinite {self.nonfinite!r} is unknown; use skip or stop")
+        unknown = [name for name in self.log_with if name not in TRACKERS]
+        if unknown:
+            raise ConfigError(f"train.log_with: {unknown[0]!r} is not a tracker; use any of {list(TRACKERS)}")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
-            raise ValueError(f"train.mixed_precision {self.mixed_precision!r} is unknown; use auto, no, bf16 or fp16")
+            raise ConfigError(f"train.mixed_precision {self.mixed_precision!r} is unknown; use auto, no, bf16 or fp16")
         if self.collapse_check_step < 0:
-            raise ValueError(f"train.collapse_check_step must be >= 0 (0 disables the check), got "
-                             f"{self.collapse_check_step}")
+            raise ConfigError(f"train.collapse_check_step must be >= 0 (0 disables the check), got "
+                              f"{self.collapse_check_step}")
         check_number("train.collapse_auc", self.collapse_auc, "(0.5, 1)")
 
 
@@ -139,11 +153,11 @@ class ProbeConfig:
 
     def __post_init__(self) -> None:
         if (self.train_file is None) != (self.dev_file is None):
-            raise ValueError("probe.train_file and probe.dev_file go together: set both, or neither")
+            raise ConfigError("probe.train_file and probe.dev_file go together: set both, or neither")
         check_positive("probe", self, ("examples",))
         if self.max_length < 3:
-            raise ValueError(f"probe.max_length {self.max_length} leaves no room for text: [CLS] text [SEP] "
-                             "needs 3 tokens at least")
+            raise ConfigError(f"probe.max_length {self.max_length} leaves no room for text: [CLS] text [SEP] "
+                              "needs 3 tokens at least")
         check_number("probe.l2", self.l2, ">= 0")
 
 
@@ -161,10 +175,10 @@ class Config:
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective {self.objective!r} is unknown; use one of {list(OBJECTIVES)}")
+            raise ConfigError(f"objective {self.objective!r} is unknown; use one of {list(OBJECTIVES)}")
         if self.data.max_seq_length > self.model.max_position_embeddings:
-            raise ValueError(f"data.max_seq_length ({self.data.max_seq_length}) exceeds "
-                             f"model.max_position_embeddings ({self.model.max_position_embeddings})")
+            raise ConfigError(f"data.max_seq_length ({self.data.max_seq_length}) exceeds "
+                              f"model.max_position_embeddings ({self.model.max_position_embeddings})")
         if self.optim.warmup_steps > self.train.max_steps:
             # A warning, not an error: the schema's defaults (10000 > 1000) and every short test or smoke run
             # rely on the cut.

@@ -6,6 +6,8 @@ mistake is a one-line `ConfigError` that names the key or the file.
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from typing import Sequence
 
 import yaml
@@ -13,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..errors import ConfigError
-from .config import Config
+from .config import Config, RTDConfig
 
 
 def _omegaconf_message(exc: OmegaConfBaseException) -> str:
@@ -46,6 +48,77 @@ def read_yaml(path: str) -> DictConfig:
     return loaded
 
 
+def _schema_type(hint):
+    """`Optional[X]` -> X; any other type as it is."""
+    if typing.get_origin(hint) is typing.Union:
+        return next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    return hint
+
+
+def _as_typed(schema: type, values: dict) -> dict:
+    """`values` (a YAML file's or one override's, as parsed) with what people type turned into the schema's types.
+
+    A single value where the schema holds a list becomes a one-element list (`data.train_files=a.txt`, as people
+    type it, not only `[a.txt]`). A boolean where the schema holds a string is the YAML 1.1 word it was read from:
+    `no`, `off` and `false` parse as False, so `train.mixed_precision=no` arrives as False and becomes "no" (True
+    becomes "yes"). Unknown keys are left for the merge to name.
+    """
+    hints = typing.get_type_hints(schema)
+    for key, value in values.items():
+        kind = _schema_type(hints.get(key))
+        if dataclasses.is_dataclass(kind) and isinstance(value, dict):
+            _as_typed(kind, value)
+        elif typing.get_origin(kind) is list and value is not None and not isinstance(value, list):
+            values[key] = [value]
+        elif kind is str and isinstance(value, bool):
+            values[key] = "yes" if value else "no"
+    return values
+
+
+def _leaf_keys(values: dict, prefix: str = "") -> list[str]:
+    """The dotted keys `values` sets: "optim.lr", "data.train_files", ..."""
+    keys = []
+    for key, value in values.items():
+        keys += _leaf_keys(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}"]
+    return keys
+
+
+def _user_layers(yaml_file: str | None, overrides: Sequence[str]) -> list[dict]:
+    """The YAML file's values, then each override's, as plain dicts in the schema's types."""
+    layers = [OmegaConf.to_container(read_yaml(yaml_file))] if yaml_file else []
+    for override in overrides:
+        if "=" not in override:
+            raise ConfigError(f"override {override!r} is not of the form key=value")
+        try:
+            layers.append(OmegaConf.to_container(OmegaConf.from_dotlist([override])))
+        except yaml.YAMLError as exc:  # the value is parsed as YAML: "[a.txt" misses its bracket
+            raise ConfigError(f"override {override!r}: its value is not valid YAML "
+                              f"({getattr(exc, 'problem', None) or type(exc).__name__}); quote or fix it") from None
+    return [_as_typed(Config, layer) for layer in layers]
+
+
+def _apply_explicit(cfg: Config, explicit: set[str]) -> Config:
+    """What the keys the user set (in the YAML file or as key=value, not the recipe's) decide beyond their values.
+
+    - An explicit `optim.lr` is the lr to train at: a recipe's `optim.lr_scaling` is turned off for it (unless the
+      user set that too).
+    - `rtd.*` keys set to other than their defaults with objective mlm are refused: the MLM baseline has no
+      discriminator and would ignore them, so setting one is a mistake (a copy-pasted command, a forgotten
+      objective=rtd), and a warning would scroll away in a long run's log. (Defaults pass: a saved config.yaml
+      given as --config lists every key.)
+    """
+    if "optim.lr" in explicit and "optim.lr_scaling" not in explicit:
+        cfg.optim.lr_scaling = "none"
+    defaults = RTDConfig()
+    ignored = sorted(key for key in explicit
+                     if key.startswith("rtd.") and getattr(cfg.rtd, key[4:]) != getattr(defaults, key[4:]))
+    if cfg.objective == "mlm" and ignored:
+        raise ConfigError(f"{', '.join(ignored)} set with objective=mlm, which has no discriminator and ignores "
+                          f"{'it' if len(ignored) == 1 else 'them'}; remove {'it' if len(ignored) == 1 else 'them'} "
+                          "or use objective=rtd")
+    return cfg
+
+
 def load_config(recipe: dict | None = None, yaml_file: str | None = None,
                 overrides: Sequence[str] = ()) -> Config:
     """Merge defaults, recipe, YAML and `key=value` overrides into a validated `Config`."""
@@ -53,21 +126,14 @@ def load_config(recipe: dict | None = None, yaml_file: str | None = None,
         merged = OmegaConf.structured(Config)
         if recipe:
             merged = OmegaConf.merge(merged, OmegaConf.create(recipe))
-        if yaml_file:
-            merged = OmegaConf.merge(merged, read_yaml(yaml_file))
-        for override in overrides:
-            if "=" not in override:
-                raise ConfigError(f"override {override!r} is not of the form key=value")
-            try:
-                merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([override]))
-            except yaml.YAMLError as exc:  # the value is parsed as YAML: "[a.txt" misses its bracket
-                raise ConfigError(f"override {override!r}: its value is not valid YAML "
-                                  f"({getattr(exc, 'problem', None) or type(exc).__name__}); quote or fix it") \
-                    from None
-        return OmegaConf.to_object(merged)
+        explicit = set()
+        for layer in _user_layers(yaml_file, overrides):
+            merged = OmegaConf.merge(merged, OmegaConf.create(layer))
+            explicit.update(_leaf_keys(layer))
+        return _apply_explicit(OmegaConf.to_object(merged), explicit)
     except OmegaConfBaseException as exc:
         raise ConfigError(_omegaconf_message(exc)) from None
-    except ValueError as exc:  # raised by the dataclasses' __post_init__ checks
+    except ValueError as exc:  # raised by the dataclasses' __post_init__ checks (model/implementations.py's too)
         raise ConfigError(str(exc)) from None
 
 

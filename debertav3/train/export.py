@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from omegaconf import OmegaConf
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -41,8 +42,8 @@ from ..model import ReplacedTokenDetectionModel
 from ..objective.rtd import RTDModel
 from .checkpoint import CONFIG_FILE, STATE_FILE, complete_checkpoints, read_state, verify_checkpoint
 from .manifest import MANIFEST_FILE
-from .config_io import load_config
-from ..errors import CheckpointError, ConfigError
+from .config_io import load_config, read_yaml
+from ..errors import CheckpointError, ConfigError, UserError
 from .config import Config
 from ..usage import ArgumentParser, check_writable, guarded
 
@@ -80,8 +81,10 @@ def resolve_checkpoint(source: str | os.PathLike) -> Path:
 
 
 def read_checkpoint_config(checkpoint: Path) -> Config:
+    """The config the checkpoint was trained with, taken as a recipe (complete, and nobody's command line: the checks
+    of what a user sets, config_io.py `_apply_explicit`, are not for it)."""
     try:
-        return load_config(None, str(checkpoint / CONFIG_FILE))
+        return load_config(OmegaConf.to_container(read_yaml(str(checkpoint / CONFIG_FILE))))
     except ConfigError as exc:
         raise CheckpointError(f"{checkpoint / CONFIG_FILE} is not a valid training config: {exc}") from None
 
@@ -91,7 +94,7 @@ def read_tokenizer(checkpoint: Path, vocab_size: int) -> Tokenizer:
     directory = checkpoint / TOKENIZER_DIR
     try:
         tokenizer = Tokenizer.load(directory)
-    except ValueError:
+    except UserError:
         raise CheckpointError(f"{checkpoint} has no usable {TOKENIZER_DIR}/spm.model, so the export would have no "
                               "tokenizer; export a complete checkpoint written by debertav3's trainer") from None
     if tokenizer.vocab_size > vocab_size:

@@ -57,13 +57,38 @@ def _lock(out: Path):
     return handle, None
 
 
+def _missing(out: Path) -> list[Path]:
+    """`out` and its ancestors that do not exist yet, deepest first: what creating `out` creates."""
+    missing, path = [], out.absolute()
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def _remove_if_bare(out: Path, created: list[Path]) -> None:
+    """Undo the creation of `created` (deepest first) if the run left nothing in them but its lock file: a run
+    refused at start-up leaves no new directory behind. A directory that holds anything else is kept, and so is
+    every directory that existed before."""
+    if os.listdir(out) != [LOCK_FILE]:
+        return
+    (out / LOCK_FILE).unlink()  # while still locked: a run opening it now finds it gone, not free
+    for directory in created:
+        try:
+            os.rmdir(directory)  # fails on a directory that is not empty, which is kept
+        except OSError:
+            return
+
+
 @contextlib.contextmanager
 def claim_output_dir(output_dir: str | os.PathLike, accelerator):
     """Create `output_dir` and hold it exclusively for the block; UserError if it is not writable or in use.
 
     Every process of the launch enters it with its `accelerator` (the main process decides, and tells the others).
+    If the block fails before anything but the lock was written in a directory it created, the directory goes.
     """
     out = Path(output_dir)
+    created = _missing(out)
     _check_writable(out)
     handle, refusal = _lock(out) if accelerator.is_main_process else (None, None)
     refusal = broadcast_object_list([refusal])[0]
@@ -71,6 +96,11 @@ def claim_output_dir(output_dir: str | os.PathLike, accelerator):
         raise UserError(refusal)
     try:
         yield
+    except BaseException:
+        if handle is not None and created:
+            _remove_if_bare(out, created)
+        raise
     finally:
         if handle is not None:
-            handle.close()  # releases the lock; the file stays (deleting it would race with a run opening it)
+            handle.close()  # releases the lock; the file stays (deleting it unlocked would race with a run
+            # opening it), unless _remove_if_bare took it, and its directory, while still holding it

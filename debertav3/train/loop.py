@@ -10,12 +10,13 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.tracking import get_available_trackers
+from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from .build import build_model
 from ..data import Masker, Tokenizer, build_datasets
-from ..errors import CheckpointError, CollapseWarning, UserError
+from ..errors import CollapseWarning, UserError
 from ..objective.metrics import prior_relative_loss, roc_auc, target_counts, unigram_baselines
 from ..constants import IGNORE_INDEX
 from ..model import implementations
@@ -26,11 +27,15 @@ from .batches import BlockSource, make_micro_batch, micro_batch_seed
 from .checkpoint import save_checkpoint
 from .config_io import to_yaml
 from .lock import claim_output_dir
-from .optim import build_optimizer, linear_schedule
+from .optim import build_optimizer, linear_schedule, resolve_lr
 from .probe import Probe, kept_encoder
 from .report import CollapseGuard, format_eval_line, format_summary, progress_postfix
 from .resume import RunIdentity, refuse_foreign_checkpoints, restore
 from .signals import StopRequests
+from .startup import RUN_CONFIG, format_header
+from ..io_utils import atomic_write_text
+
+TRACKER_PROJECT = "debertav3"  # W&B's project, MLflow's experiment, TensorBoard's directory in output_dir/tensorboard
 
 
 def resolve_precision(requested: str) -> str:
@@ -41,8 +46,19 @@ def resolve_precision(requested: str) -> str:
 
 
 def make_accelerator(cfg: Config) -> Accelerator:
-    return Accelerator(mixed_precision=resolve_precision(cfg.train.mixed_precision), log_with="tensorboard",
-                       project_dir=cfg.train.output_dir)
+    """The run's Accelerator, with the trackers of `train.log_with` (TensorBoard's logs in output_dir/tensorboard).
+
+    A tracker that is not installed is refused here, before anything is built: accelerate would leave it out
+    without a word, and the run would log nothing where its user looks."""
+    installed = {str(tracker) for tracker in get_available_trackers()}
+    missing = [name for name in cfg.train.log_with if name not in installed]
+    if missing:
+        raise UserError(f"train.log_with names {missing[0]}, which is not installed; pip install {missing[0]}, or "
+                        f"leave it out of train.log_with")
+    out = Path(cfg.train.output_dir)
+    return Accelerator(mixed_precision=resolve_precision(cfg.train.mixed_precision),
+                       log_with=list(cfg.train.log_with) or None,
+                       project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "tensorboard")))
 
 
 def embedding_statistics(model: RTDModel, vocab_size: int) -> dict[str, float]:
@@ -58,23 +74,20 @@ def embedding_statistics(model: RTDModel, vocab_size: int) -> dict[str, float]:
 class Trainer:
     """One pretraining run in `cfg.train.output_dir`; use it through `train()`, which holds the directory."""
 
-    def __init__(self, cfg: Config, accelerator: Accelerator):
-        self.cfg = cfg
+    def __init__(self, cfg: Config, accelerator: Accelerator, lr_rule: str = "optim.lr"):
+        self.cfg, self.lr_rule = cfg, lr_rule  # lr_rule: how cfg.optim.lr was chosen (optim.resolve_lr)
         self.out = Path(cfg.train.output_dir)
         self.accelerator = accelerator
         set_seed(cfg.train.seed)
         if cfg.train.keep_freed_memory and self.accelerator.device.type == "cpu":
             keep_freed_memory()
-        try:
-            self.tokenizer = Tokenizer.load(cfg.data.tokenizer)
-            self.tokenizer.check_fits(cfg.model.vocab_size)
-            model = build_model(cfg, self.tokenizer.special_ids, self.accelerator.device.type)
-            with self.accelerator.main_process_first():  # one process tokenizes; the others read its cache
-                self.train_set, self.valid_set = build_datasets(cfg.data, self.tokenizer, cfg.train.seed)
-            self.identity = RunIdentity.of(cfg, self.tokenizer, self.accelerator.num_processes)
-            self.probe = Probe(cfg.probe, self.tokenizer, cfg.train.seed) if cfg.probe.train_file else None
-        except (CheckpointError, ValueError, FileNotFoundError) as exc:
-            raise UserError(str(exc)) from None
+        self.tokenizer = Tokenizer.load(cfg.data.tokenizer)
+        self.tokenizer.check_fits(cfg.model.vocab_size)
+        model = build_model(cfg, self.tokenizer.special_ids, self.accelerator.device.type)
+        with self.accelerator.main_process_first():  # one process tokenizes; the others read its cache
+            self.train_set, self.valid_set = build_datasets(cfg.data, self.tokenizer, cfg.train.seed)
+        self.identity = RunIdentity.of(cfg, self.tokenizer, self.accelerator.num_processes)
+        self.probe = Probe(cfg.probe, self.tokenizer, cfg.train.seed) if cfg.probe.train_file else None
         self.masker = Masker(self.tokenizer, cfg.data.mask_prob, cfg.mask_mode, cfg.data.whole_word_mask)
         self.source = BlockSource(self.train_set, cfg.train.seed, cfg.data.streaming)
         optimizer = build_optimizer(model, cfg.optim)
@@ -262,10 +275,14 @@ class Trainer:
         cfg, acc = self.cfg.train, self.accelerator
         started, evaluated, stopped_by = time.perf_counter(), None, None
         self.resume()
-        acc.print(to_yaml(self.cfg))
-        acc.init_trackers("tensorboard", config={"objective": self.cfg.objective,
-                                                 "embedding_sharing": self.cfg.rtd.embedding_sharing,
-                                                 "rtd_weight": self.cfg.rtd.rtd_weight, "lr": self.cfg.optim.lr})
+        if acc.is_main_process:
+            atomic_write_text(self.out / RUN_CONFIG, to_yaml(self.cfg))
+        acc.print(format_header(self.cfg, self.raw_model, self.lr_rule, acc.mixed_precision, str(acc.device),
+                                acc.num_processes, self.out / RUN_CONFIG))
+        acc.init_trackers(TRACKER_PROJECT, config={"objective": self.cfg.objective,
+                                                   "embedding_sharing": self.cfg.rtd.embedding_sharing,
+                                                   "rtd_weight": self.cfg.rtd.rtd_weight, "lr": self.cfg.optim.lr},
+                          init_kwargs={"wandb": {"name": self.out.name}})
         bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (acc.is_main_process and cfg.progress),
                    desc="pretraining", unit="step", dynamic_ncols=True)
         window, logged = [time.perf_counter(), self.tokens_seen], {}
@@ -331,10 +348,12 @@ def train(cfg: Config, stop_after_steps: int | None = None) -> dict[str, float]:
 
     `stop_after_steps` ends this run early, right after a checkpoint, as a preempted job would (tests use it).
     The output directory is held for the whole run (lock.py), and a run that would overwrite another run's
-    checkpoints is refused before anything is built or written (resume.py).
+    checkpoints is refused before anything is built or written (resume.py). The learning rate is chosen for the
+    global batch first (`optim.resolve_lr`): the run trains, saves and reports the resolved config.
     """
     accelerator = make_accelerator(cfg)  # first: it sets up the processes of a launch, which the claim needs
+    cfg, lr_rule = resolve_lr(cfg, accelerator.num_processes)
     with claim_output_dir(cfg.train.output_dir, accelerator), \
             exact_compiled_steps(cfg.train.compile, accelerator.device.type):
         refuse_foreign_checkpoints(cfg.train.output_dir, cfg.train.resume)
-        return Trainer(cfg, accelerator).run(stop_after_steps)
+        return Trainer(cfg, accelerator, lr_rule).run(stop_after_steps)

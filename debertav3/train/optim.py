@@ -1,11 +1,50 @@
-"""AdamW with no decay on biases and LayerNorm, and linear warmup then linear decay (DeBERTaV3 paper, BERT)."""
+"""AdamW with no decay on biases and LayerNorm, linear warmup then linear decay (DeBERTaV3 paper, BERT), and the
+learning rate chosen for the global batch (`resolve_lr`; the rule and its sources: docs/configuration.md,
+"Learning rate and batch size")."""
 
 from __future__ import annotations
+
+import copy
+import math
 
 import torch
 from torch import nn
 
-from .config import OptimConfig
+from .config import Config, OptimConfig
+
+
+def tokens_per_step(cfg: Config, num_processes: int) -> int:
+    """Tokens in one optimizer step's global batch: processes x per-process batch x accumulation x block length."""
+    return cfg.train.batch_size * num_processes * cfg.train.gradient_accumulation_steps * cfg.data.max_seq_length
+
+
+def scaled_lr(cfg: OptimConfig, tokens: int) -> float:
+    """The peak lr for a global batch of `tokens` tokens: `cfg.lr` as it is (`lr_scaling` none), or `cfg.lr` times
+    sqrt(tokens / lr_reference_tokens), at most `cfg.lr` (sqrt).
+
+    The square-root rule keeps AdamW's update noise constant as the batch shrinks (Malladi et al. 2022, "On the
+    SDEs and Scaling Rules for Adaptive Gradient Algorithms"); the cap keeps the lr within what the reference
+    point was measured at."""
+    if cfg.lr_scaling == "none":
+        return cfg.lr
+    return cfg.lr * min(1.0, math.sqrt(tokens / cfg.lr_reference_tokens))
+
+
+def resolve_lr(cfg: Config, num_processes: int) -> tuple[Config, str]:
+    """(a copy of `cfg` whose `optim.lr` is the one to train at, with `lr_scaling` none; how it was chosen).
+
+    The copy is the run's resolved config, what config.yaml records: loaded again it trains at the same lr."""
+    optim, tokens = cfg.optim, tokens_per_step(cfg, num_processes)
+    lr = scaled_lr(optim, tokens)
+    if optim.lr_scaling == "none":
+        rule = "optim.lr"
+    else:
+        capped = ", capped at optim.lr" if tokens > optim.lr_reference_tokens else ""
+        rule = (f"optim.lr_scaling=sqrt: {optim.lr:g} x sqrt({tokens:,} / {optim.lr_reference_tokens:,} tokens per "
+                f"step){capped}; set optim.lr to choose it")
+    resolved = copy.deepcopy(cfg)  # not dataclasses.replace: that would validate, and warn, a second time
+    resolved.optim.lr, resolved.optim.lr_scaling = lr, "none"
+    return resolved, rule
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, discriminator_lr_scale: float = 1.0) -> list[dict]:
