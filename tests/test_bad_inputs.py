@@ -116,7 +116,7 @@ import sys
 import debertav3.train.loop as loop
 from debertav3.train import main
 
-def build_model(cfg, special_ids):
+def build_model(cfg, special_ids, device_type):
     raise ValueError("an internal check failed")
 
 loop.build_model = build_model

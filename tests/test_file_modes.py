@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SMALL_MODEL, corpus_overrides, write_corpus
-from debertav3.interop.export import export
+from debertav3.train.export import export
 from debertav3.train import load_config
 from debertav3.train.loop import train
 
