@@ -68,6 +68,7 @@ def run(argv, capsys) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
+@pytest.mark.slow
 def test_end_to_end_writes_every_file(finished):
     _, out, code = finished
     assert code == 0
@@ -91,6 +92,7 @@ def test_end_to_end_writes_every_file(finished):
     assert (out / "runs" / "es-seed0" / "pretrain" / "checkpoints" / "step-00000006").is_dir()
 
 
+@pytest.mark.slow
 def test_resume_redoes_nothing_and_only_what_is_missing(ablation, capsys):
     argv, out = ablation
     capsys.readouterr()
@@ -107,6 +109,7 @@ def test_resume_redoes_nothing_and_only_what_is_missing(ablation, capsys):
     assert [line for line in stdout.splitlines() if line.startswith("[ablation]")] == ["[ablation] es-seed0: finetune:cola"]
 
 
+@pytest.mark.slow
 def test_a_changed_budget_is_refused(ablation, capsys):
     argv, out = ablation
     changed = [a if a != "6" else "7" for a in argv]  # --max-steps 7
@@ -115,6 +118,7 @@ def test_a_changed_budget_is_refused(ablation, capsys):
     assert code == 2 and "max_steps" in the_line(err)
 
 
+@pytest.mark.slow
 def test_first_seed_adds_seeds_to_the_same_directory(ablation, capsys):
     argv, out = ablation
     capsys.readouterr()
@@ -143,6 +147,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, fragment):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_finished_runs_need_only_their_small_files(ablation, capsys):
     """A finished run's stages.json, TensorBoard events and metrics.json are what the report reads and what resume
     checks: with checkpoints and the exported model deleted (as when only those are kept from another machine),

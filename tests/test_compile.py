@@ -63,7 +63,7 @@ def assert_same(compiled, eager) -> None:
 
 
 @pytest.mark.parametrize("sharing,backend", [("es", "aot_eager"), ("nes", "aot_eager"), ("gdes", "aot_eager"),
-                                             ("gdes", "inductor")])
+                                             pytest.param("gdes", "inductor", marks=pytest.mark.slow)])
 def test_the_whole_step_compiles_as_one_graph_with_the_eager_results(sharing, backend):
     torch._dynamo.reset()
     model = tiny_model(sharing)
@@ -104,6 +104,7 @@ def test_fast_paths_that_do_not_compile_run_their_reference_inside_the_compiled_
     assert all(torch.isfinite(value) for value in metrics.values())
 
 
+@pytest.mark.slow
 def test_the_trainer_trains_compiled_and_resumes_exactly(tmp_path):
     """`train.compile=true`: a run stopped after 2 steps and resumed ends with the weights and losses of a run
     that went straight through 4 (the compiled kernels are the same in both, so the results are bit for bit)."""

@@ -8,7 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # an end-to-end run: see pyproject.toml's markers
 
 SCRIPT = r"""
 import json, sys
