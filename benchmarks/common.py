@@ -111,7 +111,8 @@ class OurStep(TrainingStep):
 
             positions = prediction_positions(batch["labels"])
             masked, real = batch["labels"] != -100, batch["attention_mask"]
-            batch = dict(batch, mask_positions=positions, uniforms=1.0 - torch.rand(positions.shape),
+            uniforms = 1.0 - torch.rand(positions.shape, device=positions.device)
+            batch = dict(batch, mask_positions=positions, uniforms=uniforms,
                          denominators=torch.stack([masked.sum(), real.sum()]).float())
         return self.forward(**batch).loss
 
