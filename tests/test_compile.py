@@ -105,7 +105,7 @@ def test_fast_paths_that_do_not_compile_run_their_reference_inside_the_compiled_
 
 
 @pytest.mark.slow
-def test_the_trainer_trains_compiled_and_resumes_exactly(tmp_path):
+def test_the_trainer_trains_compiled_and_resumes_exactly(tmp_path, capsys):
     """`train.compile=true`: a run stopped after 2 steps and resumed ends with the weights and losses of a run
     that went straight through 4 (the compiled kernels are the same in both, so the results are bit for bit)."""
     from conftest import SMALL_MODEL, corpus_overrides, write_corpus
@@ -126,6 +126,8 @@ def test_the_trainer_trains_compiled_and_resumes_exactly(tmp_path):
     torch._dynamo.reset()
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     train(config(straight))
+    notices = [line for line in capsys.readouterr().out.splitlines() if line.startswith("train.compile:")]
+    assert [line.split("'")[1] for line in notices] == ["cpu_fused", "chunked", "cpu_bits"]  # auto on the CPU
     train(config(interrupted), stop_after_steps=2)
     train(config(interrupted))
     a, b = final_weights(straight), final_weights(interrupted)

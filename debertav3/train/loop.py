@@ -104,10 +104,12 @@ class Trainer:
     def compiled(self, model):
         """torch.compile of the prepared model: accelerate keeps (and checkpoints) the module itself, under its own
         parameter names (`exact_compiled_steps` makes the compiled steps repeat exactly)."""
-        impl = self.cfg.model.for_device(self.accelerator.device.type).attention_impl
-        if impl not in implementations.COMPILES:
-            self.accelerator.print(f"train.compile: the {impl!r} attention core is not traced by torch.compile; "
-                                   "the compiled step runs the eager reference core")
+        resolved = self.cfg.model.for_device(self.accelerator.device.type)
+        for kind, key in implementations.CONFIG_KEYS.items():
+            name = getattr(resolved, key)
+            if name not in implementations.COMPILES[kind]:
+                self.accelerator.print(f"train.compile: model.{key} {name!r} is not traced by torch.compile; the "
+                                       "compiled step runs the eager reference in its place")
         return torch.compile(model)
 
     @property
