@@ -23,10 +23,8 @@ import errno
 import os
 import signal
 import sys
-import tempfile
 import threading
 import warnings
-from pathlib import Path
 from typing import Callable, Optional, TypeVar
 
 from .errors import CollapseWarning, ScheduleWarning, UserError
@@ -172,23 +170,3 @@ def _raised_while_interrupted(exc: BaseException) -> bool:
         seen.add(id(exc))
         exc = exc.__context__
     return False
-
-
-def check_writable(path: str | os.PathLike, option: str) -> None:
-    """Raise a one-line UserError unless the directory `path` exists and is writable, or can be created.
-
-    The nearest existing ancestor must be a directory in which a new entry can be made; the probe is a temporary
-    directory removed at once, so a refused command leaves nothing behind (not even `path`'s parents).
-    """
-    path = Path(path).absolute()
-    ancestor = path
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise UserError(f"{option} {path} cannot be created: {ancestor} is a file, not a directory; choose "
-                        f"another {option}")
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=".probe-", dir=ancestor))
-    except OSError as exc:
-        raise UserError(f"{option} {path} is not writable ({exc.strerror} in {ancestor}); choose another "
-                        f"{option}") from None

@@ -15,6 +15,7 @@ from typing import Callable, Optional, Sequence, TypeVar
 
 from .. import usage
 from ..errors import AblationError, Interrupted, UserError
+from ..validation import check_writable
 from .runner import MODES, AblationSpec, FinetuneOptions, check_budget, execute, plan, \
     validate
 
@@ -63,7 +64,7 @@ def build_spec(args: argparse.Namespace) -> AblationSpec:
         raise AblationError(f"--seeds must be positive, got {args.seeds}")
     if args.first_seed < 0:
         raise AblationError(f"--first-seed must be 0 or more, got {args.first_seed}")
-    usage.check_writable(args.output, "--output")
+    check_writable(args.output, "--output")
     options = FinetuneOptions(args.finetune_examples, args.finetune_epochs, args.finetune_lr, args.finetune_batch_size)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     spec = AblationSpec(recipe=args.recipe, modes=args.modes, seeds=seeds,

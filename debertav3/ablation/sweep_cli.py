@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from ..usage import ArgumentParser, check_writable
+from ..usage import ArgumentParser
+from ..validation import check_writable
 from .cli import guarded
 from ..errors import AblationError
 from .sweep import SweepSpec, parse_variant, run_sweep

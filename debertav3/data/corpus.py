@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .config import DataConfig
-from ..usage import check_writable
+from ..validation import check_writable
 from . import sources, tokenizer as tokenizer_module
 from ..errors import DamagedFile, UserError
 from .sources import iter_documents, resolve_files

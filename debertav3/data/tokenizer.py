@@ -29,7 +29,7 @@ import torch
 from ..errors import UserError
 from ..io_utils import apply_umask
 from ..validation import check_number
-from ..usage import check_writable
+from ..validation import check_writable
 from .sources import iter_documents, resolve_files
 
 SPECIAL_PIECES = ("[PAD]", "[CLS]", "[SEP]", "[UNK]")  # ids 0, 1, 2, 3

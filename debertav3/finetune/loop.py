@@ -26,7 +26,7 @@ from ..errors import CheckpointError, UserError
 from ..io_utils import atomic_write_text
 from ..train.optim import build_optimizer, linear_schedule
 from ..train.config import OptimConfig
-from ..usage import check_writable
+from ..validation import check_writable
 from .config import FinetuneConfig
 from ..data.labelled import Split, encode_labels, label_vocabulary, read_split
 from .metrics import classification_metrics, regression_metrics

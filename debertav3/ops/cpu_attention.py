@@ -60,7 +60,7 @@ class DisentangledAttention(torch.autograd.Function):
         probs = torch.ops.aten._softmax.out(scores, -1, False, out=scores)
         del scores_HBQK
         if keep is None and keep_prob < 1.0:
-            keep = keep_mask((N, Lq, Lk), 1.0 - keep_prob, q.device, None if spare is None else spare.view(N, Lq, Lk))
+            keep = keep_mask((N, Lq, Lk), 1.0 - keep_prob, None if spare is None else spare.view(N, Lq, Lk))
         del spare
         if keep is None:
             dropped = probs

@@ -25,27 +25,25 @@ from ..model import implementations
 _LEVELS = 1 << 16
 
 
-def random_words(count: int, device=None) -> torch.Tensor:
-    """`count` uniformly random int64 words, reproducible under `torch.manual_seed` (see the module docstring)."""
-    if torch.device(device or "cpu").type != "cpu":
-        return torch.empty(count, dtype=torch.int64, device=device).random_(-2 ** 63, None)
+def random_words(count: int) -> torch.Tensor:
+    """`count` uniformly random int64 words on the host, reproducible under `torch.manual_seed` (see the module
+    docstring)."""
     seed = int(torch.randint(2 ** 63 - 1, ()))
     return torch.from_numpy(np.random.SFC64(seed).random_raw(count).view(np.int64))
 
 
-def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device=None,
-              out: torch.Tensor | None = None) -> torch.Tensor:
-    """fp32 tensor of `shape`: 0 (dropped) with probability round(p * 2^16) / 2^16, else 1; default generator.
-    Written into `out` (a floating tensor of `shape`) when given.
+def keep_mask(shape: torch.Size | tuple[int, ...], p: float, out: torch.Tensor | None = None) -> torch.Tensor:
+    """fp32 host tensor of `shape`: 0 (dropped) with probability round(p * 2^16) / 2^16, else 1; default
+    generator. Written into `out` (a floating host tensor of `shape`) when given.
 
     fp32 rather than bool because applying it is then a plain product, cheaper on the CPU than `torch.where` or
     `masked_fill` with a bool mask.
     """
     numel = math.prod(shape)
-    words = random_words((numel + 3) // 4, device)
+    words = random_words((numel + 3) // 4)
     levels = words.view(torch.int16)[:numel].view(shape)  # int16 in [-2^15, 2^15), uniform
     return torch.ge(levels, round(p * _LEVELS) - _LEVELS // 2,
-                    out=torch.empty(shape, device=device) if out is None else out)
+                    out=torch.empty(shape) if out is None else out)
 
 
 class _MaskedScale(torch.autograd.Function):
@@ -70,7 +68,7 @@ def bits_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
         return F.dropout(x, p, training=True)
     if p == 1.0:  # nothing kept: keep_mask's threshold would overflow the 16-bit levels
         return x * 0.0
-    return _MaskedScale.apply(x, keep_mask(x.shape, p, x.device), 1.0 / (1.0 - p))
+    return _MaskedScale.apply(x, keep_mask(x.shape, p).to(x.device), 1.0 / (1.0 - p))
 
 
 implementations.register("dropout", "cpu_bits", bits_dropout)

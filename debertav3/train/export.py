@@ -45,7 +45,8 @@ from .manifest import MANIFEST_FILE
 from .config_io import load_config, read_yaml
 from ..errors import CheckpointError, ConfigError, UserError
 from .config import Config
-from ..usage import ArgumentParser, check_writable, guarded
+from ..usage import ArgumentParser, guarded
+from ..validation import check_writable
 
 PARTS = ("discriminator", "generator")
 MODEL_FILE = "model.safetensors"
