@@ -90,3 +90,18 @@ def test_fresh_and_alternating_on_tiny_shapes(tmp_path):
     row = report["alternating"]["keep_freed"][label]
     ours, theirs = (32 / statistics.median(row[side]["processes"][0]["step_seconds"]) for side in ("ours", "theirs"))
     assert row["per_process_ratios"] == pytest.approx([ours / theirs]) and row["ratio"] == pytest.approx(ours / theirs)
+
+
+def test_fast_path_comparison_times_every_variant_it_is_given(tmp_path, capsys):
+    import bench_fast_paths
+
+    variants = "eager;attention_impl=cpu_fused,mlm_loss_impl=eager,dropout_impl=eager;auto"
+    out = tmp_path / "fast.json"
+    times = bench_fast_paths.main(["--hidden", "64", "--layers", "2", "--heads", "2", "--vocab", "1000", "--seq",
+                                   "16", "--batch", "2", "--rounds", "3", "--gemm-seconds", "0.05", "--variants",
+                                   variants, "--output", str(out)])
+    assert list(times) == variants.split(";") and all(len(v) == 3 and min(v) > 0 for v in times.values())
+    saved = json.loads(out.read_text())
+    assert saved["seconds"] == times and saved["shape"]["seq"] == 16
+    table = capsys.readouterr().out
+    assert table.count("| ") >= 4 * 3 and "1.000x" in table  # the first variant is the yardstick here

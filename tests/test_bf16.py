@@ -18,7 +18,7 @@ from debertav3.train.loop import train
 from test_train import final_weights, scalars
 
 # (attention, mlm_loss, dropout): between them every registered implementation
-COMBINATIONS = [("eager", "eager", "eager"), ("cpu_fused", "chunked", "cpu_bits"), ("sdpa", "eager", "eager")]
+COMBINATIONS = [("eager", "eager", "eager"), ("cpu_fused", "eager", "cpu_bits"), ("sdpa", "eager", "eager")]
 # bf16 keeps 8 bits of mantissa: measured on this batch, the losses move by at most 0.4% (MLM) and 1.2% (RTD)
 # from fp32; the tolerance leaves twice that.
 LOSS_TOLERANCE = {"mlm_loss": 0.01, "rtd_loss": 0.025}

@@ -50,3 +50,27 @@ def test_init_rejects_an_architecture_mismatch(released):
     model = RTDModel(generator_config(other), other)
     with pytest.raises(CheckpointError, match="model.init_discriminator"):
         load_rtd_weights(model, str(root / "disc"), None)
+
+
+@pytest.mark.parametrize("sharing", ["es", "nes", "gdes"])
+def test_a_discriminator_only_start_keeps_the_release_table_exactly(released, sharing):
+    """model.generator_start=release_embeddings: E_G := the release's E_D, so the effective E_D at step 0 is the
+    release's bit for bit (under gdes E_Delta = E_D - E_D = 0); random keeps a random E_G, and under gdes the
+    effective E_G + (E_D - E_G) only rounds to the release."""
+    root, disc, _ = released
+    release = disc.embeddings.word_embeddings.weight
+    disc_cfg = preset("tiny")
+    torch.manual_seed(1)
+    model = RTDModel(generator_config(disc_cfg), disc_cfg, embedding_sharing=sharing)
+    load_rtd_weights(model, str(root / "disc"), None, "release_embeddings")
+    assert torch.equal(model.discriminator_embedding(), release)
+    assert torch.equal(model.generator_embedding, release)
+    if sharing == "gdes":
+        assert not model.embedding_delta.any()
+
+    torch.manual_seed(1)
+    model = RTDModel(generator_config(disc_cfg), disc_cfg, embedding_sharing=sharing)
+    load_rtd_weights(model, str(root / "disc"), None, "random")
+    if sharing != "es":  # es has one table: the release's, whatever the generator_start
+        assert not torch.equal(model.generator_embedding, release)
+    torch.testing.assert_close(model.discriminator_embedding(), release)

@@ -26,6 +26,7 @@ HEADER = ("pretraining rtd with gdes embedding sharing in {out}",
           "  global batch   4 sequences of 64 tokens, 256 tokens per step (1 x 4 x 1: ",
           "  learning rate  0.001 (optim.lr_scaling=sqrt: 0.004 x sqrt(256 / 4,096 tokens per step); set optim.lr to "
           "choose it); optim.warmup_steps=1, train.max_steps=3",
+          "  schedule       joint: one step on L_MLM + 50 L_RTD (rtd.schedule=joint)",
           "  precision      fp32 (train.mixed_precision=no) on cpu, 1 process",
           "  logging        none (train.log_with=[])",
           "  config         {out}/config.yaml (every key)")

@@ -159,8 +159,10 @@ def test_resume_refuses_a_different_model(corpus, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_follow_one_process(corpus, tmp_path):
-    """2 CPU processes at the same global batch as 1: same losses (dropout off).
+@pytest.mark.parametrize("schedule", ["joint", "decoupled"])
+def test_two_processes_follow_one_process(corpus, tmp_path, schedule):
+    """2 CPU processes at the same global batch as 1: same losses (dropout off), in either rtd.schedule (the
+    decoupled one runs DDP with unused parameters allowed: each stage leaves the other network without gradients).
 
     `accelerate launch --cpu --num_processes 2` starts a single process in accelerate 1.x (its CPU launcher
     expects mpirun), so the two processes come from torchrun via --multi_gpu with ACCELERATE_USE_CPU=1.
@@ -169,7 +171,7 @@ def test_two_processes_follow_one_process(corpus, tmp_path):
               "model.attention_probs_dropout_prob=0.0", "train.progress=false", "train.log_every=1",
               "model.vocab_size=8064", "model.hidden_size=64", "model.num_hidden_layers=2",
               "model.num_attention_heads=2", "model.intermediate_size=128", "data.max_seq_length=64",
-              "data.num_proc=1"]
+              "data.num_proc=1", f"rtd.schedule={schedule}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
     for processes, batch in ((1, 8), (2, 4)):
         launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),

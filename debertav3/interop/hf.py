@@ -161,24 +161,31 @@ def _load_named(module: nn.Module, path: str, setting: str) -> None:
                        len(missing), ", ".join(missing))
 
 
-def load_rtd_weights(model, discriminator_dir: str | None, generator_dir: str | None) -> None:
+def load_rtd_weights(model, discriminator_dir: str | None, generator_dir: str | None,
+                     generator_start: str = "release_embeddings") -> None:
     """Initialise an `RTDModel` from released checkpoints (continued pretraining).
 
     The generator loads backbone, MLM head and EMD position table where present; the discriminator its backbone
     and RTD head. The discriminator's word embeddings E_D are handed to the objective, which maps them onto its
     sharing mode (`RTDModel.set_discriminator_embedding`), except under es with a generator checkpoint, whose
-    E_G is the one shared table.
+    E_G is the one shared table. Without a generator checkpoint (the released deberta-v3 models hold the
+    discriminator only), `generator_start` release_embeddings first sets E_G := E_D, so that under gdes
+    E_Delta = 0 and the discriminator keeps the release's table as the generator's moves; random leaves E_G at
+    its random initialisation (E_Delta = E_D - E_G).
     """
     if generator_dir:
         _load_named(model.generator, generator_dir, "model.init_generator")
     if not discriminator_dir or model.discriminator is None:
         return
     _load_named(model.discriminator, discriminator_dir, "model.init_discriminator")
-    if model.embedding_sharing == "nes" or (model.embedding_sharing == "es" and generator_dir):
+    if model.embedding_sharing == "es" and generator_dir:
         return
     state = read_state_dict(discriminator_dir)
     key = next((k for k in ("deberta.embeddings.word_embeddings.weight", "embeddings.word_embeddings.weight")
                 if k in state), None)
     if key is None:
         raise CheckpointError(f"{discriminator_dir} has no word embeddings (embeddings.word_embeddings.weight)")
+    if not generator_dir and generator_start == "release_embeddings":
+        with torch.no_grad():
+            model.generator_embedding.copy_(state[key])
     model.set_discriminator_embedding(state[key])

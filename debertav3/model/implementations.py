@@ -6,7 +6,9 @@ Three pieces, each chosen by a `ModelConfig` key (transformers' `attn_implementa
                                    (model/attention.py, `eager_attention`); the projections stay in the module, so
                                    hooks, adapters and quantised Linear swaps apply on every path
     mlm_loss   (`mlm_loss_impl`)   the generator's vocabulary step: tied projection, cross-entropy, accuracy,
-                                   sampling (objective/losses.py, `eager_vocabulary_loss`)
+                                   sampling (objective/losses.py, `eager_vocabulary_loss`); only the reference
+                                   today (a CPU fast path did not beat it beside the other two,
+                                   docs/performance.md): the slot for a fused cross-entropy kernel
     dropout    (`dropout_impl`)    dropout on hidden states (model/dropout.py, `F.dropout`)
 
 `eager` is always the reference, plain PyTorch. The fast paths live in debertav3/ops and register themselves
@@ -25,13 +27,13 @@ from ..errors import ConfigError
 
 REFERENCE = "eager"
 NAMES: dict[str, tuple[str, ...]] = {"attention": (REFERENCE, "sdpa", "cpu_fused"),
-                                     "mlm_loss": (REFERENCE, "chunked"),
+                                     "mlm_loss": (REFERENCE,),
                                      "dropout": (REFERENCE, "cpu_bits")}
 CONFIG_KEYS = {kind: f"{kind}_impl" for kind in NAMES}  # the ModelConfig field that selects each kind
 # device type -> the implementation `auto` picks, per kind; a device not listed, or a fast path not registered,
 # gets the reference.
 AUTO: dict[str, dict[str, str]] = {"attention": {"cpu": "cpu_fused", "cuda": "sdpa", "mps": "sdpa", "xpu": "sdpa"},
-                                   "mlm_loss": {"cpu": "chunked"},
+                                   "mlm_loss": {},
                                    "dropout": {"cpu": "cpu_bits"}}
 # Traced by torch.compile; each of the others runs its reference inside a compiled step.
 COMPILES: dict[str, tuple[str, ...]] = {"attention": (REFERENCE, "sdpa"), "mlm_loss": (REFERENCE,),

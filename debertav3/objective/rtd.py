@@ -13,6 +13,13 @@ Token embeddings are shared in one of three ways (paper section 3), computed exp
 
 `objective="mlm"` is the DeBERTa MLM baseline: one full-depth backbone with the EMD, no discriminator.
 
+Stages: `forward(..., stage="joint")` computes L above for one optimizer step (ELECTRA's schedule, the paper's
+formula). The official trainer's decoupled schedule runs `stage="generator"` (L_MLM and the sampled replacements)
+and steps the generator, then `stage="discriminator"` (rtd_weight * L_RTD on those replacements) and steps the
+discriminator; in that stage the generator's table enters as a constant, as in the official code, where the
+discriminator's forward hook reads the generator's table and the RTD gradient left on it is zeroed before the
+generator's next step (so under es the shared table learns from L_MLM only).
+
 Static shapes: the generator predicts at M positions per sequence, `mask_positions` [B, M] (ELECTRA's
 `max_predictions_per_seq`): each row's masked positions in increasing order, then unmasked positions that pad the
 row to M, whose targets are -100 and so carry no loss. With the positions and the loss denominators given, the
@@ -29,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..constants import IGNORE_INDEX, SHARING_MODES
+from ..constants import IGNORE_INDEX, SHARING_MODES, STAGES
 from ..errors import ConfigError
 from ..model import MaskedLMModel, ReplacedTokenDetectionModel, implementations
 from ..model.config import ModelConfig
@@ -55,11 +62,12 @@ def prediction_positions(labels_BL: torch.Tensor, slots: int | None = None) -> t
 
 @dataclass
 class RTDOutput:
-    """Losses (with gradient) and detached metrics of one forward pass. RTD fields are None for objective mlm."""
+    """Losses (with gradient) and detached metrics of one forward pass: RTD fields are None for objective mlm and
+    in the generator stage, MLM fields in the discriminator stage. `loss` is what the stage's step minimises."""
 
     loss: torch.Tensor
-    mlm_loss: torch.Tensor
-    mlm_accuracy: torch.Tensor
+    mlm_loss: Optional[torch.Tensor] = None  # None in the discriminator stage
+    mlm_accuracy: Optional[torch.Tensor] = None
     rtd_loss: Optional[torch.Tensor] = None
     rtd_accuracy: Optional[torch.Tensor] = None
     replaced_fraction: Optional[torch.Tensor] = None
@@ -121,10 +129,12 @@ class RTDModel(nn.Module):
         """E_G, the generator's word embedding Parameter (under es, the one shared table)."""
         return self.generator.deberta.embeddings.word_embeddings.weight
 
-    def discriminator_embedding(self) -> torch.Tensor:
-        """The effective E_D: E_G (es), the discriminator's own table (nes) or sg(E_G) + E_Delta (gdes)."""
+    def discriminator_embedding(self, generator_table_constant: bool = False) -> torch.Tensor:
+        """The effective E_D: E_G (es), the discriminator's own table (nes) or sg(E_G) + E_Delta (gdes).
+        `generator_table_constant`: under es, E_G without its gradient (the decoupled discriminator stage)."""
         if self.embedding_sharing == "es":
-            return self.generator_embedding
+            table = self.generator_embedding
+            return table.detach() if generator_table_constant else table
         if self.embedding_sharing == "nes":
             return self.discriminator.deberta.embeddings.word_embeddings.weight
         # The stop-gradient is what keeps the RTD loss from pulling on E_G (the paper's "tug of war").
@@ -143,40 +153,61 @@ class RTDModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
                 mask_positions: Optional[torch.Tensor] = None, uniforms: Optional[torch.Tensor] = None,
-                denominators: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None) -> RTDOutput:
+                denominators: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
+                stage: str = "joint", discriminator_input_ids: Optional[torch.Tensor] = None) -> RTDOutput:
         """`mask_positions` [B, M] the prediction slots (`prediction_positions`; default: computed from `labels`);
         `uniforms` [B, M] in (0, 1] drive the sampling (default: drawn from `generator`); `denominators` = float
         [2], (masked positions, non-pad tokens), what the summed losses are divided by (default: this batch's
         counts). The trainer passes all three from the global batch, so any number of processes gives the same
-        step and the step compiles with static shapes."""
-        positions_BM = prediction_positions(labels) if mask_positions is None else mask_positions
-        targets_BM = labels.gather(1, positions_BM)  # -100 at the slots that pad a row
-        predicted_BM = targets_BM != IGNORE_INDEX
+        step and the step compiles with static shapes.
+
+        `stage` (module docstring): "joint", "generator", or "discriminator", which needs the generator stage's
+        `discriminator_input_ids` for the same batch."""
+        if stage not in STAGES:
+            raise ConfigError(f"stage {stage!r} is unknown; use one of {list(STAGES)}")
         real_BL = attention_mask.bool()
         if denominators is None:
-            denominators = torch.stack([predicted_BM.sum(), real_BL.sum()]).float()
+            denominators = torch.stack([(labels != IGNORE_INDEX).sum(), real_BL.sum()]).float()
+        generated = {}
+        if stage != "discriminator":
+            generated = self.generate(input_ids, attention_mask, labels, mask_positions, uniforms, denominators[0],
+                                      generator)
+            discriminator_input_ids = generated["discriminator_input_ids"]
+            if self.objective == "mlm" or stage == "generator":
+                return RTDOutput(loss=generated["mlm_loss"], **generated)
+        elif discriminator_input_ids is None:
+            raise ValueError("the discriminator stage needs the generator stage's discriminator_input_ids")
+        original_BL = torch.where(labels != IGNORE_INDEX, labels, input_ids)
+        rtd_labels = (discriminator_input_ids != original_BL) & real_BL
+        table = self.discriminator_embedding(generator_table_constant=stage == "discriminator")
+        rtd_logits = self.discriminator(discriminator_input_ids, attention_mask, table).float()
+        # BCE summed over non-pad tokens ([CLS] and [SEP] included, as the official code averages).
+        rtd_loss = F.binary_cross_entropy_with_logits(rtd_logits, rtd_labels.float(), weight=real_BL.float(),
+                                                      reduction="sum") / denominators[1]
+        loss = self.rtd_weight * rtd_loss + (generated["mlm_loss"] if generated else 0.0)
+        return RTDOutput(loss=loss, rtd_loss=rtd_loss, rtd_labels=rtd_labels, rtd_logits=rtd_logits.detach(),
+                         **{**generated, "discriminator_input_ids": discriminator_input_ids},
+                         **detection_metrics(rtd_logits.detach(), rtd_labels, real_BL))
+
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                 mask_positions: Optional[torch.Tensor], uniforms: Optional[torch.Tensor],
+                 masked_count: torch.Tensor, generator: Optional[torch.Generator]) -> dict[str, torch.Tensor]:
+        """The generator's half of `forward`: L_MLM (summed over the masked positions / `masked_count`), its
+        accuracy, and the input with the replacements sampled at the masked positions written in."""
+        positions_BM = prediction_positions(labels) if mask_positions is None else mask_positions
+        targets_BM = labels.gather(1, positions_BM)  # -100 at the slots that pad a row
         if uniforms is None:
             uniforms = 1.0 - torch.rand(positions_BM.shape, generator=generator, device=positions_BM.device)
         table = self.generator_embedding
         states_BMH = self.generator.head_states(input_ids, attention_mask, positions_BM, table)
         mlm_loss, mlm_accuracy, sampled_N = self.vocabulary_loss(
             states_BMH.flatten(0, 1), table, self.generator.lm_predictions["lm_head"].bias, targets_BM.flatten(),
-            uniforms.flatten(), denominators[0], self.temperature, self.special_token_ids)
-        if self.objective == "mlm":
-            return RTDOutput(loss=mlm_loss, mlm_loss=mlm_loss, mlm_accuracy=mlm_accuracy)
-
+            uniforms.flatten(), masked_count, self.temperature, self.special_token_ids)
         # The padding slots write back what is there; a sample equal to the original is labelled original.
-        sampled_BM = torch.where(predicted_BM, sampled_N.view_as(positions_BM), input_ids.gather(1, positions_BM))
-        discriminator_input = input_ids.scatter(1, positions_BM, sampled_BM)
-        original_BL = torch.where(labels != IGNORE_INDEX, labels, input_ids)
-        rtd_labels = (discriminator_input != original_BL) & real_BL
-        rtd_logits = self.discriminator(discriminator_input, attention_mask, self.discriminator_embedding()).float()
-        # BCE summed over non-pad tokens ([CLS] and [SEP] included, as the official code averages).
-        rtd_loss = F.binary_cross_entropy_with_logits(rtd_logits, rtd_labels.float(), weight=real_BL.float(),
-                                                      reduction="sum") / denominators[1]
-        return RTDOutput(loss=mlm_loss + self.rtd_weight * rtd_loss, mlm_loss=mlm_loss, mlm_accuracy=mlm_accuracy,
-                         rtd_loss=rtd_loss, discriminator_input_ids=discriminator_input, rtd_labels=rtd_labels,
-                         rtd_logits=rtd_logits.detach(), **detection_metrics(rtd_logits.detach(), rtd_labels, real_BL))
+        sampled_BM = torch.where(targets_BM != IGNORE_INDEX, sampled_N.view_as(positions_BM),
+                                 input_ids.gather(1, positions_BM))
+        return dict(mlm_loss=mlm_loss, mlm_accuracy=mlm_accuracy,
+                    discriminator_input_ids=input_ids.scatter(1, positions_BM, sampled_BM))
 
 
 def detection_metrics(logits: torch.Tensor, replaced: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -21,5 +21,5 @@ def build_model(cfg: Config, special_token_ids: Sequence[int], device_type: str 
         gen = generator_config(disc, cfg.model.generator_layers, cfg.model.generator_hidden_size)
     model = RTDModel(gen, disc if cfg.objective == "rtd" else None, cfg.rtd.embedding_sharing, cfg.rtd.rtd_weight,
                      cfg.rtd.temperature, cfg.objective, special_token_ids)
-    load_rtd_weights(model, cfg.model.init_discriminator, cfg.model.init_generator)
+    load_rtd_weights(model, cfg.model.init_discriminator, cfg.model.init_generator, cfg.model.generator_start)
     return model

@@ -14,7 +14,7 @@ from typing import Optional
 
 from ..model.config import ModelConfig
 from ..validation import check_number, check_positive
-from ..constants import OBJECTIVES, SHARING_MODES, TRACKERS
+from ..constants import GENERATOR_STARTS, OBJECTIVES, SCHEDULES, SHARING_MODES, TRACKERS
 from ..data.config import DataConfig
 from ..errors import ConfigError, ScheduleWarning
 
@@ -31,6 +31,9 @@ class PretrainModelConfig(ModelConfig):
     generator_hidden_size: Optional[int] = None
     init_discriminator: Optional[str] = None  # Hugging Face DebertaV2 directory to continue from
     init_generator: Optional[str] = None
+    # A generator for a discriminator-only release (init_discriminator without init_generator; interop/hf.py):
+    # release_embeddings, E_G := the release's E_D (E_Delta = 0 under gdes); random, E_G random (E_Delta = E_D - E_G)
+    generator_start: str = "release_embeddings"
 
     def validate(self) -> None:
         super().validate()
@@ -40,6 +43,9 @@ class PretrainModelConfig(ModelConfig):
         if self.generator_hidden_size is not None and not 0 < self.generator_hidden_size <= self.hidden_size:
             raise ConfigError(f"model.generator_hidden_size must be in [1, model.hidden_size = {self.hidden_size}] "
                               f"(or null: the discriminator's width), got {self.generator_hidden_size}")
+        if self.generator_start not in GENERATOR_STARTS:
+            raise ConfigError(f"model.generator_start {self.generator_start!r} is unknown; use one of "
+                              f"{list(GENERATOR_STARTS)}")
 
     def backbone(self) -> ModelConfig:
         """The plain `ModelConfig` (without the pretraining-only fields)."""
@@ -49,11 +55,16 @@ class PretrainModelConfig(ModelConfig):
 
 @dataclass
 class RTDConfig:
-    """The objective (debertav3.objective.rtd): sharing mode and loss weight, L = L_MLM + rtd_weight * L_RTD."""
+    """The objective (debertav3.objective.rtd): sharing mode and loss weight, L = L_MLM + rtd_weight * L_RTD, and
+    how it is stepped: `schedule` joint (one optimizer step on L) or decoupled (the official code: a generator step
+    on L_MLM, then a discriminator step on rtd_weight * L_RTD, separate optimizers and clipping). For the first
+    `generator_warmup_steps` steps only the generator trains (L_MLM), the discriminator is left as it is."""
 
     embedding_sharing: str = "gdes"
     rtd_weight: float = 50.0
     temperature: float = 1.0
+    schedule: str = "joint"
+    generator_warmup_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.embedding_sharing not in SHARING_MODES:
@@ -61,6 +72,10 @@ class RTDConfig:
                               f"use one of {list(SHARING_MODES)}")
         check_number("rtd.rtd_weight", self.rtd_weight, ">= 0")
         check_number("rtd.temperature", self.temperature, "> 0")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"rtd.schedule {self.schedule!r} is unknown; use one of {list(SCHEDULES)}")
+        if self.generator_warmup_steps < 0:
+            raise ConfigError(f"rtd.generator_warmup_steps must be >= 0, got {self.generator_warmup_steps}")
 
 
 @dataclass

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.tracking import get_available_trackers
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from .build import build_model
@@ -27,12 +27,13 @@ from .batches import BlockSource, make_micro_batch, micro_batch_seed
 from .checkpoint import save_checkpoint
 from .config_io import to_yaml
 from .lock import claim_output_dir
-from .optim import build_optimizer, linear_schedule, resolve_lr
+from .optim import build_optimizers, linear_schedule, resolve_lr, split_parameters
 from .probe import Probe, kept_encoder
 from .report import CollapseGuard, format_eval_line, format_summary, progress_postfix
 from .resume import RunIdentity, refuse_foreign_checkpoints, restore
 from .signals import StopRequests
 from .startup import RUN_CONFIG, format_header
+from .step import NonFinite, Part, StepRunner
 from ..io_utils import atomic_write_text
 
 TRACKER_PROJECT = "debertav3"  # W&B's project, MLflow's experiment, TensorBoard's directory in output_dir/tensorboard
@@ -56,7 +57,10 @@ def make_accelerator(cfg: Config) -> Accelerator:
         raise UserError(f"train.log_with names {missing[0]}, which is not installed; pip install {missing[0]}, or "
                         f"leave it out of train.log_with")
     out = Path(cfg.train.output_dir)
+    # Each stage of the decoupled schedule leaves the other network's parameters without a gradient.
+    decoupled = cfg.objective == "rtd" and (cfg.rtd.schedule == "decoupled" or cfg.rtd.generator_warmup_steps > 0)
     return Accelerator(mixed_precision=resolve_precision(cfg.train.mixed_precision),
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=decoupled)],
                        log_with=list(cfg.train.log_with) or None,
                        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "tensorboard")))
 
@@ -90,13 +94,18 @@ class Trainer:
         self.probe = Probe(cfg.probe, self.tokenizer, cfg.train.seed) if cfg.probe.train_file else None
         self.masker = Masker(self.tokenizer, cfg.data.mask_prob, cfg.mask_mode, cfg.data.whole_word_mask)
         self.source = BlockSource(self.train_set, cfg.train.seed, cfg.data.streaming)
-        optimizer = build_optimizer(model, cfg.optim)
-        self.scheduler = linear_schedule(optimizer, cfg.optim.warmup_steps, cfg.train.max_steps)
-        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        schedule = cfg.rtd.schedule if cfg.objective == "rtd" else "joint"
+        optimizers = build_optimizers(model, cfg.optim, schedule)
+        self.model, *prepared = self.accelerator.prepare(model, *optimizers.values())
         if cfg.train.compile:
             self.model = self.compiled(self.model)
-        # Not prepared: accelerate would step a prepared scheduler once per process.
-        self.accelerator.register_for_checkpointing(self.scheduler)
+        params = {"joint": [p for p in model.parameters() if p.requires_grad], **split_parameters(model)}
+        parts = {name: Part(optimizer, linear_schedule(optimizer, cfg.optim.warmup_steps, cfg.train.max_steps),
+                            params[name]) for name, optimizer in zip(optimizers, prepared)}
+        for part in parts.values():  # not prepared: accelerate would step a prepared scheduler once per process
+            self.accelerator.register_for_checkpointing(part.scheduler)
+        self.steps = StepRunner(self.accelerator, self.model, parts, cfg.optim.max_grad_norm, cfg.train.nonfinite,
+                                cfg.rtd.generator_warmup_steps if cfg.objective == "rtd" else 0)
         self.step, self.tokens_seen, self.skipped_steps = 0, 0, 0
         self.last_checkpoint: Path | None = None
         self.collapse_guard = CollapseGuard(cfg.train.collapse_check_step, cfg.train.collapse_auc)
@@ -134,40 +143,30 @@ class Trainer:
         self.accelerator.print(f"resumed from {checkpoint} at step {self.step}")
 
     def train_step(self) -> dict[str, torch.Tensor]:
-        """One optimiser step over `gradient_accumulation_steps` global micro-batches (metrics stay on device)."""
+        """One optimiser step over `gradient_accumulation_steps` global micro-batches (train/step.py; metrics stay
+        on device)."""
         cfg, acc = self.cfg.train, self.accelerator
         global_batch = cfg.batch_size * acc.num_processes
-        totals: dict[str, torch.Tensor] = {}
         self.model.train()
-        for micro in range(cfg.gradient_accumulation_steps):
-            position = self.step * cfg.gradient_accumulation_steps + micro
-            batch = self.micro_batch(position, self.source.blocks(position * global_batch, global_batch))
-            last = micro == cfg.gradient_accumulation_steps - 1
-            with contextlib.nullcontext() if last else acc.no_sync(self.model):
-                out = self.model(**batch.inputs)
-                acc.backward(out.loss / cfg.gradient_accumulation_steps)
-            for name, value in out.metric_tensors().items():
-                totals[name] = totals.get(name, 0.0) + value / cfg.gradient_accumulation_steps
-            self.tokens_seen += batch.global_tokens
-        grad_norm = acc.clip_grad_norm_(self.model.parameters(), self.cfg.optim.max_grad_norm)
-        # The one host sync of a step: an update from non-finite gradients would ruin the parameters. The norm is
-        # computed from all-reduced gradients, so every process takes the same decision.
-        finite = bool(torch.isfinite(grad_norm))
-        if finite:
-            self.optimizer.step()
-        elif cfg.nonfinite == "stop":
-            self.optimizer.zero_grad(set_to_none=True)
-            self.save()  # the state before this step: the last good one
-            raise UserError(f"non-finite gradients at step {self.step + 1} (train.nonfinite=stop); saved the last "
-                            f"good state in {self.out / 'checkpoints'}; lower optim.lr or use mixed_precision=no")
-        else:
-            self.skipped_steps += 1
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        positions = [self.step * cfg.gradient_accumulation_steps + micro
+                     for micro in range(cfg.gradient_accumulation_steps)]
+        batches = [self.micro_batch(p, self.source.blocks(p * global_batch, global_batch)) for p in positions]
+        try:
+            totals, skipped = self.steps.run(self.step, batches)
+        except NonFinite as exc:
+            self.save()  # the state before this step's non-finite part: the last good one
+            raise UserError(f"non-finite gradients at step {self.step + 1} (train.nonfinite=stop{self.part_named(exc)}"
+                            f"); saved the last good state in {self.out / 'checkpoints'}; lower optim.lr or use "
+                            "mixed_precision=no") from None
+        self.tokens_seen += sum(batch.global_tokens for batch in batches)
+        self.skipped_steps += skipped
         self.step += 1
-        totals["grad_norm"] = grad_norm.detach().float()
         totals["skipped_steps"] = torch.tensor(float(self.skipped_steps))
         return totals
+
+    def part_named(self, exc: NonFinite) -> str:
+        """', in the generator's step' etc. under the decoupled schedule, where the other part may have stepped."""
+        return "" if "joint" in self.steps.parts else f", in the {exc.args[0]}'s step"
 
     def reduce(self, metrics: dict[str, torch.Tensor]) -> dict[str, float]:
         """Means over processes as floats (every process calls this at the same steps): one sync for all."""
@@ -248,11 +247,19 @@ class Trainer:
         """Reduce, log and show this step's metrics with tokens/s over the window since the last log."""
         elapsed = time.perf_counter() - window[0]
         logged = self.reduce(metrics)
-        logged.update(lr=self.scheduler.get_last_lr()[0], tokens_seen=float(self.tokens_seen),
+        logged.update(self.learning_rates(), tokens_seen=float(self.tokens_seen),
                       tokens_per_second=(self.tokens_seen - window[1]) / max(elapsed, 1e-9))
         window[:] = [time.perf_counter(), self.tokens_seen]
         self.accelerator.log({f"train/{k}": v for k, v in logged.items()}, step=self.step)
         return logged
+
+    def learning_rates(self) -> dict[str, float]:
+        """{"lr": the base lr now} and, under the decoupled schedule, {"lr_discriminator": ...} (group 0's)."""
+        parts = self.steps.parts
+        if "joint" in parts:
+            return {"lr": parts["joint"].scheduler.get_last_lr()[0]}
+        return {"lr": parts["generator"].scheduler.get_last_lr()[0],
+                "lr_discriminator": parts["discriminator"].scheduler.get_last_lr()[0]}
 
     def after_evaluation(self, evaluation: dict[str, float]) -> None:
         """Show the evaluation as one line, and warn once per run if the discriminator has not left the prior."""

@@ -47,21 +47,38 @@ def resolve_lr(cfg: Config, num_processes: int) -> tuple[Config, str]:
     return resolved, rule
 
 
-def parameter_groups(model: nn.Module, weight_decay: float, discriminator_lr_scale: float = 1.0) -> list[dict]:
+def discriminator_owned(model: nn.Module) -> set[int]:
+    """ids of the parameters the discriminator owns: its own and GDES's E_Delta. The rest, the generator's,
+    include under es the one shared table (the generator owns it, as in the official code)."""
+    discriminator = getattr(model, "discriminator", None)
+    owned = set() if discriminator is None else {id(p) for p in discriminator.parameters()}
+    if getattr(model, "embedding_delta", None) is not None:
+        owned.add(id(model.embedding_delta))
+    return owned
+
+
+def split_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """{"generator": [...], "discriminator": [...]}, the trainable parameters each network owns
+    (`discriminator_owned`); parameters() yields a shared (ES) table once."""
+    owned = discriminator_owned(model)
+    parts: dict[str, list[nn.Parameter]] = {"generator": [], "discriminator": []}
+    for param in model.parameters():
+        if param.requires_grad:
+            parts["discriminator" if id(param) in owned else "generator"].append(param)
+    return parts
+
+
+def parameter_groups(params: list[nn.Parameter], weight_decay: float, owned_by_discriminator: set[int],
+                     discriminator_lr_scale: float = 1.0) -> list[dict]:
     """Weight decay on matrices and embedding tables only: 1-D tensors (biases, LayerNorm) are not decayed.
 
-    Each group carries `lr_scale`: `discriminator_lr_scale` for the RTD discriminator's own parameters and GDES's
-    E_Delta, 1 for the rest (the generator, and under ES the one shared table, which the generator owns).
+    Each group carries `lr_scale`: `discriminator_lr_scale` for the parameters in `owned_by_discriminator`, 1 for
+    the rest.
     """
-    discriminator = getattr(model, "discriminator", None)
-    scaled = set() if discriminator is None else {id(p) for p in discriminator.parameters()}
-    if getattr(model, "embedding_delta", None) is not None:
-        scaled.add(id(model.embedding_delta))
     groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
-    for param in model.parameters():  # parameters() yields a shared (ES) table once
-        if param.requires_grad:
-            scale = discriminator_lr_scale if id(param) in scaled else 1.0
-            groups.setdefault((param.dim() >= 2, scale), []).append(param)
+    for param in params:
+        scale = discriminator_lr_scale if id(param) in owned_by_discriminator else 1.0
+        groups.setdefault((param.dim() >= 2, scale), []).append(param)
     # Decayed groups first, the unscaled before the scaled: with a scale of 1 these are a single-lr run's two groups,
     # and group 0 always carries the base lr (what the trainer logs).
     order = sorted(groups, key=lambda key: (not key[0], key[1] != 1.0))
@@ -69,11 +86,27 @@ def parameter_groups(model: nn.Module, weight_decay: float, discriminator_lr_sca
             for key in order]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """AdamW; the fused kernel (one pass over each tensor instead of a dozen) on CPU and CUDA."""
+def _adamw(params: list[nn.Parameter], cfg: OptimConfig, owned_by_discriminator: set[int]) -> torch.optim.Optimizer:
+    """AdamW over `params`; the fused kernel (one pass over each tensor instead of a dozen) on CPU and CUDA."""
     groups = [{**group, "lr": cfg.lr * group["lr_scale"]}
-              for group in parameter_groups(model, cfg.weight_decay, cfg.discriminator_lr_scale)]
+              for group in parameter_groups(params, cfg.weight_decay, owned_by_discriminator,
+                                            cfg.discriminator_lr_scale)]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=True)
+
+
+def build_optimizers(model: nn.Module, cfg: OptimConfig, schedule: str = "joint") -> dict[str, torch.optim.Optimizer]:
+    """{"joint": one AdamW over every parameter} or, for the decoupled schedule, {"generator": ...,
+    "discriminator": ...}, one AdamW over each network's parameters (`split_parameters`): the official code's two
+    trainers. AdamW's state is per parameter, so the two differ from the one only in what their step clips."""
+    owned = discriminator_owned(model)
+    if schedule == "joint":  # in the order of model.parameters(), which a checkpoint's optimizer state follows
+        return {"joint": _adamw([p for p in model.parameters() if p.requires_grad], cfg, owned)}
+    return {name: _adamw(params, cfg, owned) for name, params in split_parameters(model).items()}
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """The joint schedule's one AdamW over every parameter of `model`."""
+    return build_optimizers(model, cfg)["joint"]
 
 
 def linear_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):

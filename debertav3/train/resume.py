@@ -31,14 +31,15 @@ from .checkpoint import (CONFIG_FILE, checkpoint_dirs, checkpoint_root, read_sta
 from ..errors import UserError
 
 # Config keys whose change alters what a saved state means: the architecture, the objective, which blocks and
-# masks step k sees, the optimizer's parameter groups (one lr, or the discriminator's apart). The rest (learning
-# rate, logging, evaluation, paths) may change on resume.
-COMPARED = ("objective", "model", "rtd.embedding_sharing", "data", "train.seed", "train.batch_size",
-            "train.gradient_accumulation_steps", "optim.discriminator_lr_scale")
+# masks step k sees, the optimizers and their parameter groups (one optimizer or two, one lr or the
+# discriminator's apart), which steps train the generator alone. The rest (learning rate, logging, evaluation,
+# paths) may change on resume.
+COMPARED = ("objective", "model", "rtd.embedding_sharing", "rtd.schedule", "rtd.generator_warmup_steps", "data",
+            "train.seed", "train.batch_size", "train.gradient_accumulation_steps", "optim.discriminator_lr_scale")
 # Exempt: initial weights only matter before step 1; the files and the tokenizer are compared by content
 # (RunIdentity), not by path, so a corpus may move; the rest touch evaluation or speed only.
-EXEMPT = ("model.init_discriminator", "model.init_generator", "data.train_files", "data.tokenizer",
-          "data.valid_files", "data.max_valid_blocks", "data.num_proc", "data.num_workers", "data.cache_dir")
+EXEMPT = ("model.init_discriminator", "model.init_generator", "model.generator_start", "data.train_files",
+          "data.tokenizer", "data.valid_files", "data.max_valid_blocks", "data.num_proc", "data.num_workers", "data.cache_dir")
 NEW_RUN = "start a new run with a new train.output_dir"
 
 

@@ -60,8 +60,34 @@ def format_header(cfg: Config, model: RTDModel, lr_rule: str, precision: str, de
                  f"{train.gradient_accumulation_steps}: processes x train.batch_size x accumulation steps)")
     lines.append(f"  {'learning rate':<14} {cfg.optim.lr:.3g} ({lr_rule}); optim.warmup_steps="
                  f"{cfg.optim.warmup_steps:,}, train.max_steps={train.max_steps:,}")
+    if rtd:
+        lines.append(f"  {'schedule':<14} {schedule_line(cfg)}")
+    if rtd and cfg.model.init_discriminator and not cfg.model.init_generator:
+        lines.append(f"  {'generator':<14} {release_start_line(cfg)}")
     lines.append(f"  {'precision':<14} {PRECISIONS.get(precision, precision)} (train.mixed_precision="
                  f"{train.mixed_precision}) on {device}, {_count(num_processes, 'process')}")
     lines.append(f"  {'logging':<14} {', '.join(train.log_with) or 'none (train.log_with=[])'}")
     lines.append(f"  {'config':<14} {config_path} (every key)")
     return "\n".join(lines)
+
+
+def schedule_line(cfg: Config) -> str:
+    """How the two networks are stepped (rtd.schedule, rtd.generator_warmup_steps), in one line."""
+    rtd = cfg.rtd
+    if rtd.schedule == "joint":
+        text = f"joint: one step on L_MLM + {rtd.rtd_weight:g} L_RTD (rtd.schedule=joint)"
+    else:
+        text = (f"decoupled: a generator step on L_MLM, then a discriminator step on {rtd.rtd_weight:g} L_RTD, "
+                f"each clipped to {cfg.optim.max_grad_norm:g} (rtd.schedule=decoupled)")
+    if rtd.generator_warmup_steps:
+        text += f"; the generator alone for the first {rtd.generator_warmup_steps:,} steps"
+    return text
+
+
+def release_start_line(cfg: Config) -> str:
+    """What a discriminator-only start does for the generator (model.generator_start, interop/hf.py)."""
+    if cfg.model.generator_start == "release_embeddings":
+        return ("not in model.init_discriminator: its word embeddings start as the release's E_D, its layers "
+                "random (model.generator_start=release_embeddings)")
+    return ("not in model.init_discriminator: random, the release's E_D kept as E_G + E_Delta "
+            "(model.generator_start=random)")
