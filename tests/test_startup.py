@@ -95,7 +95,7 @@ def test_wandb_offline_gets_what_tensorboard_gets(corpus, tmp_path, monkeypatch)
     try:
         import wandb
     except ImportError:
-        reason = "wandb is not installed (it is not in the dev extra: pip install wandb to run this test)"
+        reason = "wandb is not installed (pip install -e '.[dev]' brings it)"
         print(reason)
         pytest.skip(reason)
     monkeypatch.setenv("WANDB_MODE", "offline")
