@@ -134,3 +134,17 @@ def test_the_trainer_trains_compiled_and_resumes_exactly(tmp_path, capsys):
     losses = scalars(straight)["train/loss"]
     assert losses == scalars(interrupted)["train/loss"] and len(losses) == 4
     assert all(torch.isfinite(torch.tensor(list(losses.values()))))
+
+
+@pytest.mark.parametrize("sharing", ["es", "gdes"])
+def test_the_decoupled_stages_compile_as_one_graph_each(sharing):
+    """rtd.schedule=decoupled calls the model twice a step (stage generator, then stage discriminator on its
+    replacements): each stage traces whole and matches eager."""
+    torch._dynamo.reset()
+    model = tiny_model(sharing)
+    compiled = torch.compile(model, fullgraph=True, dynamic=False, backend="aot_eager")
+    batch = static_batch(padded=True, seed=3)
+    sampled = model(**batch, stage="generator").discriminator_input_ids
+    for stage, extra in (("generator", {}), ("discriminator", {"discriminator_input_ids": sampled})):
+        assert_same(losses_and_gradients(lambda **b: compiled(**b, stage=stage, **extra), model, batch),
+                    losses_and_gradients(lambda **b: model(**b, stage=stage, **extra), model, batch))
