@@ -162,7 +162,7 @@ def _load_named(module: nn.Module, path: str, setting: str) -> None:
 
 
 def load_rtd_weights(model, discriminator_dir: str | None, generator_dir: str | None,
-                     generator_start: str = "release_embeddings") -> None:
+                     generator_start: str = "random") -> None:
     """Initialise an `RTDModel` from released checkpoints (continued pretraining).
 
     The generator loads backbone, MLM head and EMD position table where present; the discriminator its backbone

@@ -32,8 +32,9 @@ class PretrainModelConfig(ModelConfig):
     init_discriminator: Optional[str] = None  # Hugging Face DebertaV2 directory to continue from
     init_generator: Optional[str] = None
     # A generator for a discriminator-only release (init_discriminator without init_generator; interop/hf.py):
-    # release_embeddings, E_G := the release's E_D (E_Delta = 0 under gdes); random, E_G random (E_Delta = E_D - E_G)
-    generator_start: str = "release_embeddings"
+    # random, E_G random (E_Delta = E_D - E_G); release_embeddings, E_G := the release's E_D (E_Delta = 0 under
+    # gdes). random by measurement: docs/training-dynamics.md §17
+    generator_start: str = "random"
 
     def validate(self) -> None:
         super().validate()
