@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from accelerate.utils import LoggerType
 
-import debertav3.train.loop as loop
+import debertav3.train.runtime as runtime
 from conftest import SMALL_MODEL, corpus_overrides, the_line, write_corpus
 from debertav3.ablation.curves import read_scalars
 from debertav3.train import load_config, main
@@ -58,7 +58,7 @@ def test_the_first_screen_is_the_header(corpus, tmp_path, capsys):
 
 def test_a_tracker_that_is_not_installed_is_refused(corpus, tmp_path, capsys, monkeypatch):
     """Where wandb is installed, it is made to look absent (accelerate asks the same function)."""
-    monkeypatch.setattr(loop, "get_available_trackers", lambda: [LoggerType.TENSORBOARD])
+    monkeypatch.setattr(runtime, "get_available_trackers", lambda: [LoggerType.TENSORBOARD])
     with pytest.raises(SystemExit) as info:
         main(RECIPE, [*corpus_overrides(corpus), f"train.output_dir={tmp_path / 'run'}", "train.log_with=wandb"])
     assert info.value.code == 2
