@@ -7,8 +7,7 @@ Three pieces, each chosen by a `ModelConfig` key (transformers' `attn_implementa
                                    hooks, adapters and quantised Linear swaps apply on every path
     mlm_loss   (`mlm_loss_impl`)   the generator's vocabulary step: tied projection, cross-entropy, accuracy,
                                    sampling (objective/losses.py, `eager_vocabulary_loss`); only the reference
-                                   today (a CPU fast path did not beat it beside the other two,
-                                   docs/performance.md): the slot for a fused cross-entropy kernel
+                                   is registered: the slot for a fused cross-entropy kernel
     dropout    (`dropout_impl`)    dropout on hidden states (model/dropout.py, `F.dropout`)
 
 `eager` is always the reference, plain PyTorch. The fast paths live in debertav3/ops and register themselves
