@@ -9,8 +9,8 @@ from debertav3.objective.rtd import prediction_positions
 
 def full_sequence_emd(model: MaskedLMModel, ids, mask):
     """Reference: the EMD for every position (official form), computed with the layer called directly."""
-    states, keep, (rel, idx) = model.deberta.encode(ids, mask, num_layers=model.config.num_hidden_layers - 1)
-    hidden = states[-1]
+    encoded = model.deberta.encode(ids, mask, num_layers=model.config.num_hidden_layers - 1)
+    hidden, keep, (rel, idx) = encoded.states[-1], encoded.key_padding_mask, encoded.relative
     query = model.deberta.embeddings.position_embeddings.weight[: ids.shape[1]] + hidden
     last = model.deberta.encoder.layer[-1]
     for _ in range(2):
@@ -36,6 +36,10 @@ def test_masked_rows_emd_equals_full_emd_at_masked_positions():
         reference = model.lm_predictions["lm_head"](reference_h, model.deberta.embeddings.word_embeddings.weight)
     assert ours.shape == (3, int(masked.sum(1).max()), 1000)
     assert (ours - reference).abs().max() <= 1e-5  # at the masked positions and at the padding slots alike
+    with torch.no_grad():  # positions None: every position in order, the form the auto-regressive model uses
+        every = model(ids, mask, None)
+        expected = model.lm_predictions["lm_head"](full, model.deberta.embeddings.word_embeddings.weight)
+    assert (every - expected).abs().max() <= 1e-5
 
 
 def test_rtd_head_adds_cls_state_to_every_token():

@@ -14,7 +14,9 @@ the four products (eq. 4), with relative distances clipped to a span k (eq. 3) a
 
 where idx(i, j) = clamp(bucket(i - j) + k, 0, 2k - 1) and "terms" counts the position terms in use (eq. 4's
 sqrt(3d) with both). p2c uses the same bucket as c2p, as the official code and transformers do (the bucket
-function is odd, so -bucket(j - i) = bucket(i - j)).
+function is odd, so -bucket(j - i) = bucket(i - j)). Causal attention (DeBERTa paper appendix A.4, after UniLM)
+sets the whole score to -inf for keys j > i before the softmax, so no term, c2p and p2c included, carries a later
+token's content to position i.
 
 `DisentangledSelfAttention` owns the projections and calls its core, `eager_attention` here (the reference: scores
 and softmax in fp32 at least, as the official code computes them) or the fast path `attention_impl` names
@@ -80,13 +82,14 @@ class RelativePositions(nn.Module):
 
 def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos_key: torch.Tensor | None,
                     pos_query: torch.Tensor | None, rel_idx: torch.Tensor | None, key_padding_mask: torch.Tensor,
-                    scale: float, dropout_p: float) -> torch.Tensor:
+                    scale: float, dropout_p: float, causal: bool = False) -> torch.Tensor:
     """The attention core as the module docstring writes it: context [B, H, Lq, D].
 
     q [B, H, Lq, D], k and v [B, H, Lk, D]; pos_key and pos_query [H, R, D] (the projected relative table, each
     None when its term is off); rel_idx [Lq, Lk] or per sequence [B, Lq, Lk] indexing R; key_padding_mask [B, Lk]
     bool, True at real tokens; dropout_p the probabilities' dropout (0 in evaluation), which each implementation
-    draws itself (here `F.dropout`). This signature is the contract every `attention_impl` implements.
+    draws itself (here `F.dropout`); causal: query row i is position i and attends only to keys j <= i (needs
+    Lq == Lk). This signature is the contract every `attention_impl` implements.
     """
     B, H, Lq, Lk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
     acc = torch.promote_types(q.dtype, torch.float32)  # the scores' dtype: fp32 at least
@@ -99,9 +102,20 @@ def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos_key: 
         p2c_BHKR = k.to(acc) @ pos_query.to(acc).transpose(-1, -2)
         p2c_BHKQ = torch.gather(p2c_BHKR, -1, index.transpose(-1, -2).expand(B, H, Lk, Lq))
         scores = scores + p2c_BHKQ.transpose(-1, -2)
-    scores = (scores * scale).masked_fill(~key_padding_mask[:, None, None, :], torch.finfo(scores.dtype).min)
+    excluded = ~key_padding_mask[:, None, None, :]  # [B, 1, 1, Lk]
+    if causal:
+        excluded = excluded | causal_exclusion(Lq, Lk, q.device)
+    scores = (scores * scale).masked_fill(excluded, torch.finfo(scores.dtype).min)
     probs = F.dropout(torch.softmax(scores, dim=-1), dropout_p, training=dropout_p > 0)
     return probs.to(v.dtype) @ v
+
+
+def causal_exclusion(query_len: int, key_len: int, device: torch.device) -> torch.Tensor:
+    """[Lq, Lk] bool, True where key j comes after query i (the upper triangle the causal mask sets to -inf)."""
+    if query_len != key_len:
+        raise ValueError(f"causal attention needs a query for every key (query row i is position i), got "
+                         f"{query_len} queries for {key_len} keys")
+    return torch.ones(query_len, key_len, dtype=torch.bool, device=device).triu(1)
 
 
 implementations.register("attention", implementations.REFERENCE, eager_attention)
@@ -136,20 +150,22 @@ class DisentangledSelfAttention(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, key_padding_mask: torch.Tensor,
                 query_states: torch.Tensor | None = None, rel_embeddings: torch.Tensor | None = None,
-                rel_idx: torch.Tensor | None = None, keys_values: tuple | None = None) -> torch.Tensor:
+                rel_idx: torch.Tensor | None = None, keys_values: tuple | None = None,
+                causal: bool = False) -> torch.Tensor:
         """The context [B, Lq, HD] (heads merged, before the output projection).
 
         hidden_states [B, Lk, HD] give keys and values (or `keys_values` = `self.keys_values(hidden_states)`, when
         the caller reuses them); query_states [B, Lq, HD] (default: hidden_states) give queries.
         key_padding_mask [B, Lk] bool, True at real tokens. rel_embeddings [R, HD] (normalised and sliced) and
-        rel_idx [Lq, Lk] (or per sequence [B, Lq, Lk]) indexing its rows.
+        rel_idx [Lq, Lk] (or per sequence [B, Lq, Lk]) indexing its rows. causal: query i attends to keys j <= i
+        only (auto-regressive use; Lq == Lk).
         """
         queries_from = hidden_states if query_states is None else query_states
         keys, values = self.keys_values(hidden_states) if keys_values is None else keys_values
         q, k, v = (self.split_heads(t) for t in (self.query_proj(queries_from), keys, values))  # [B, H, L, D]
         pos_key, pos_query = self.relative_tables(rel_embeddings)
         context = self.core(q, k, v, pos_key, pos_query, rel_idx, key_padding_mask, self.scale,
-                            self.dropout_prob if self.training else 0.0)
+                            self.dropout_prob if self.training else 0.0, causal)
         return context.transpose(1, 2).flatten(-2)
 
     def keys_values(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

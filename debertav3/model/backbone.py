@@ -41,9 +41,11 @@ class Attention(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, key_padding_mask: torch.Tensor,
                 query_states: torch.Tensor | None = None, rel_embeddings: torch.Tensor | None = None,
-                rel_idx: torch.Tensor | None = None, keys_values: tuple | None = None) -> torch.Tensor:
+                rel_idx: torch.Tensor | None = None, keys_values: tuple | None = None,
+                causal: bool = False) -> torch.Tensor:
         """[B, Lq, HD]; arguments as `DisentangledSelfAttention.forward`."""
-        context = self.self(hidden_states, key_padding_mask, query_states, rel_embeddings, rel_idx, keys_values)
+        context = self.self(hidden_states, key_padding_mask, query_states, rel_embeddings, rel_idx, keys_values,
+                            causal)
         return self.output(context, hidden_states if query_states is None else query_states)
 
 
@@ -71,10 +73,11 @@ class Layer(nn.Module):
         self.output = SelfOutput(config.intermediate_size, config)
 
     def forward(self, hidden_states, key_padding_mask, query_states=None, rel_embeddings=None, rel_idx=None,
-                keys_values=None):
-        """`keys_values`: this layer's `attention.self.keys_values(hidden_states)`, for a caller that reuses them."""
+                keys_values=None, causal=False):
+        """`keys_values`: this layer's `attention.self.keys_values(hidden_states)`, for a caller that reuses them;
+        `causal`: position i attends to positions <= i only."""
         attended = self.attention(hidden_states, key_padding_mask, query_states, rel_embeddings, rel_idx,
-                                  keys_values)
+                                  keys_values, causal)
         return self.output(self.intermediate(attended), attended)
 
 
@@ -103,12 +106,14 @@ class Encoder(nn.Module):
         return table, idx
 
     def forward(self, hidden_states: torch.Tensor, key_padding_mask: torch.Tensor, relative: tuple,
-                num_layers: int | None = None) -> list[torch.Tensor]:
-        """Run the first `num_layers` layers (all by default); returns [input, output of layer 1, ...]."""
+                num_layers: int | None = None, causal: bool = False) -> list[torch.Tensor]:
+        """Run the first `num_layers` layers (all by default), causal or not; returns [input, output of layer 1,
+        ...]."""
         rel_embeddings, rel_idx = relative
         states = [hidden_states]
         for layer in self.layer[: num_layers]:
-            states.append(layer(states[-1], key_padding_mask, rel_embeddings=rel_embeddings, rel_idx=rel_idx))
+            states.append(layer(states[-1], key_padding_mask, rel_embeddings=rel_embeddings, rel_idx=rel_idx,
+                                causal=causal))
         return states
 
 
@@ -118,6 +123,7 @@ class EncoderOutput(NamedTuple):
     states: list[torch.Tensor]  # [embeddings, layer 1, ..., layer n], each [B, L, HD]
     key_padding_mask: torch.Tensor  # [B, L] bool, True at real tokens
     relative: tuple  # (normalised relative table rows [R, HD], index [L, L] into them), or (None, None)
+    causal: bool  # whether each position attended to the positions up to it only
 
 
 class DebertaV3Model(nn.Module):
@@ -151,17 +157,20 @@ class DebertaV3Model(nn.Module):
             nn.init.zeros_(module.bias)
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-               word_embedding_weight: torch.Tensor | None = None, num_layers: int | None = None) -> EncoderOutput:
-        """The embeddings and the first `num_layers` layers (all by default), with what a decoder reuses."""
+               word_embedding_weight: torch.Tensor | None = None, num_layers: int | None = None,
+               causal: bool = False) -> EncoderOutput:
+        """The embeddings and the first `num_layers` layers (all by default), with what a decoder reuses;
+        `causal`: every layer attends auto-regressively (DeBERTa paper appendix A.4)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         key_padding_mask = attention_mask.bool()
         x = self.embeddings(input_ids, attention_mask, word_embedding_weight)
         relative = self.encoder.relative_context(input_ids.shape[1])
-        return EncoderOutput(self.encoder(x, key_padding_mask, relative, num_layers), key_padding_mask, relative)
+        states = self.encoder(x, key_padding_mask, relative, num_layers, causal)
+        return EncoderOutput(states, key_padding_mask, relative, causal)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                word_embedding_weight: torch.Tensor | None = None) -> torch.Tensor:
+                word_embedding_weight: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
         """The last hidden states [B, L, HD]; `word_embedding_weight` the table to look ids up in, when the owner
-        supplies it (GDES: E_D = sg(E_G) + E_Delta)."""
-        return self.encode(input_ids, attention_mask, word_embedding_weight).states[-1]
+        supplies it (GDES: E_D = sg(E_G) + E_Delta); `causal` as in `encode`."""
+        return self.encode(input_ids, attention_mask, word_embedding_weight, causal=causal).states[-1]

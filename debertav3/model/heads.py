@@ -5,7 +5,8 @@
   hidden_size to the embedding width (the official `BertLMPredictionHead`; transformers' legacy head).
 - `enhanced_mask_decoder`: DeBERTa's EMD (paper section 3.3, official `EnhancedMaskDecoder`): queries
   I = absolute position embeddings + H, H the second-to-last hidden states; the last layer is applied twice
-  (shared weights) with keys and values H. Computed only for the query rows asked for (the masked positions).
+  (shared weights) with keys and values H. Computed only for the query rows asked for (the masked positions), or
+  for every position in order, causal or not (the auto-regressive model, DeBERTa paper appendix A.4).
 - `RTDHead`: the official replaced-token head (keys `mask_predictions.*`):
   logits = classifier(act(dense(LayerNorm(h + h_[CLS])))), the final [CLS] state added to every token.
 
@@ -53,56 +54,76 @@ class RTDHead(nn.Module):
         return self.classifier(self.act(self.dense(x))).squeeze(-1)
 
 
-def enhanced_mask_decoder(backbone: DebertaV3Model, encoded: EncoderOutput, positions_BM: torch.Tensor) -> torch.Tensor:
+def enhanced_mask_decoder(backbone: DebertaV3Model, encoded: EncoderOutput,
+                          positions_BM: torch.Tensor | None) -> torch.Tensor:
     """EMD at the given positions: the last layer applied twice to queries I = P + H, keys and values H.
 
     Each query row only attends and passes through the feed-forward on its own, so computing the rows at the
     masked positions (15%) gives exactly those rows of the full EMD at a fraction of its cost. `positions_BM` holds
-    M positions per sequence (a fixed number: static shapes); `encoded` is the backbone's output up to the
-    second-to-last layer. Returns [B, M, HD], row m of sequence b the EMD's output at position positions_BM[b, m].
+    M positions per sequence (a fixed number: static shapes), or is None for every position in order (M = L), the
+    only form a causal `encoded` takes (query i attends to keys j <= i); `encoded` is the backbone's output up to
+    the second-to-last layer. Returns [B, M, HD], row m of sequence b the EMD's output at position positions_BM[b, m].
     """
     hidden_BLH = encoded.states[-1]
     rel_embeddings, rel_idx = encoded.relative
-    hidden_BMH = torch.gather(hidden_BLH, 1, positions_BM.unsqueeze(-1).expand(-1, -1, hidden_BLH.shape[-1]))
-    # F.embedding, not weight[positions_BM]: indexing's backward accumulates repeated positions with parallel
-    # atomic adds on CPU, in an order that changes from run to run; embedding's backward is deterministic.
-    query = nn.functional.embedding(positions_BM, backbone.embeddings.position_embeddings.weight) + hidden_BMH
-    query_idx = rel_idx[positions_BM] if rel_idx is not None else None  # [B, M, L]
+    absolute = backbone.embeddings.position_embeddings.weight
+    if positions_BM is None:
+        query, query_idx = absolute[: hidden_BLH.shape[1]] + hidden_BLH, rel_idx
+    else:
+        hidden_BMH = torch.gather(hidden_BLH, 1, positions_BM.unsqueeze(-1).expand(-1, -1, hidden_BLH.shape[-1]))
+        # F.embedding, not weight[positions_BM]: indexing's backward accumulates repeated positions with parallel
+        # atomic adds on CPU, in an order that changes from run to run; embedding's backward is deterministic.
+        query = nn.functional.embedding(positions_BM, absolute) + hidden_BMH
+        query_idx = rel_idx[positions_BM] if rel_idx is not None else None  # [B, M, L]
     last = backbone.encoder.layer[-1]
     keys_values = last.attention.self.keys_values(hidden_BLH)  # both passes attend to the same hidden states
     for _ in range(2):
-        query = last(hidden_BLH, encoded.key_padding_mask, query, rel_embeddings, query_idx, keys_values)
+        query = last(hidden_BLH, encoded.key_padding_mask, query, rel_embeddings, query_idx, keys_values,
+                     encoded.causal)
     return query
 
 
 class MaskedLMModel(nn.Module):
-    """Backbone + EMD + tied MLM head: the generator (keys `deberta.*`, `lm_predictions.lm_head.*`).
+    """Backbone + EMD + tied MLM head: the generator, and the auto-regressive model (keys `deberta.*`,
+    `lm_predictions.lm_head.*`).
 
     The backbone owns an absolute position table (`deberta.embeddings.position_embeddings`) that only the EMD
-    uses; transformers ignores that key on load, so an exported generator runs there without the EMD.
+    uses; transformers ignores that key on load, so an exported generator runs there without the EMD. With
+    `enhanced_mask_decoder=False` the head reads the last layer's states directly (DeBERTa-AP and the
+    absolute-position baseline of the paper's Table 10; transformers' DebertaV2ForMaskedLM computes the same).
     """
 
-    def __init__(self, config: ModelConfig, own_word_embeddings: bool = True):
+    def __init__(self, config: ModelConfig, own_word_embeddings: bool = True, enhanced_mask_decoder: bool = True):
         super().__init__()
         self.config = config
-        self.deberta = DebertaV3Model(config, own_word_embeddings, absolute_positions=True)
+        self.uses_emd = enhanced_mask_decoder
+        self.deberta = DebertaV3Model(config, own_word_embeddings, absolute_positions=enhanced_mask_decoder)
         self.lm_predictions = nn.ModuleDict({"lm_head": LMPredictionHead(config)})
         self.lm_predictions.apply(self.deberta._init_weights)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions_BM: torch.Tensor,
-                word_embedding_weight: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits [B, M, V] at `positions_BM` [B, M], and nowhere else; `word_embedding_weight` the tied table
-        when the owner supplies it (default: the backbone's own)."""
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions_BM: torch.Tensor | None,
+                word_embedding_weight: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
+        """Logits [B, M, V] at `positions_BM` [B, M] (None: at every position, [B, L, V]), and nowhere else;
+        `word_embedding_weight` the tied table when the owner supplies it (default: the backbone's own); `causal`:
+        every layer, the EMD's too, attends to earlier positions only (then `positions_BM` must be None)."""
         weight = self._table(word_embedding_weight)
-        return self.head_states(input_ids, attention_mask, positions_BM, weight) @ weight.t() \
+        return self.head_states(input_ids, attention_mask, positions_BM, weight, causal) @ weight.t() \
             + self.lm_predictions["lm_head"].bias
 
-    def head_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions_BM: torch.Tensor,
-                    word_embedding_weight: torch.Tensor | None = None) -> torch.Tensor:
-        """The MLM head's transformed states [B, M, embedding width] at `positions_BM`: logits = states E^T + b."""
+    def head_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions_BM: torch.Tensor | None,
+                    word_embedding_weight: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
+        """The MLM head's transformed states [B, M, embedding width] at `positions_BM` (None: every position):
+        logits = states E^T + b."""
         weight = self._table(word_embedding_weight)
+        if not self.uses_emd:
+            hidden_BLH = self.deberta(input_ids, attention_mask, weight, causal)
+            if positions_BM is not None:
+                rows_BMH = positions_BM.unsqueeze(-1).expand(-1, -1, hidden_BLH.shape[-1])
+                hidden_BLH = torch.gather(hidden_BLH, 1, rows_BMH)
+            return self.lm_predictions["lm_head"].transform(hidden_BLH)
         # The last layer's ordinary pass would be thrown away (the EMD re-applies it), so stop one layer early.
-        encoded = self.deberta.encode(input_ids, attention_mask, weight, num_layers=self.config.num_hidden_layers - 1)
+        encoded = self.deberta.encode(input_ids, attention_mask, weight, num_layers=self.config.num_hidden_layers - 1,
+                                      causal=causal)
         return self.lm_predictions["lm_head"].transform(enhanced_mask_decoder(self.deberta, encoded, positions_BM))
 
     def _table(self, word_embedding_weight: torch.Tensor | None) -> torch.Tensor:

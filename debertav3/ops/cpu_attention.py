@@ -1,7 +1,7 @@
 """The "cpu_fused" attention implementation: disentangled attention as one autograd function for the CPU.
 
     scores(i, j) = q_i . k_j * scale + c2p[i, idx(i, j)] + p2c[j, idx(i, j)]     (DeBERTa eq. 4, tables pre-scaled)
-    probs = softmax(scores with padded keys at -inf),  context = dropout(probs) v
+    probs = softmax(scores with padded keys (and, causal, keys j > i) at -inf),  context = dropout(probs) v
 
 On a CPU every [N, Lq, Lk] tensor is a pass over memory and, above glibc's mmap threshold, fresh pages to fault in.
 Autograd over the separate ops allocates about ten of them per layer forward and backward (gathers, add, mask,
@@ -28,7 +28,7 @@ import functools
 import torch
 
 from ..model import implementations
-from ..model.attention import eager_attention
+from ..model.attention import causal_exclusion, eager_attention
 from .dropout import keep_mask
 
 BAND_BLOCK = 32  # rows per block of the band layout (`band_view`)
@@ -40,14 +40,15 @@ class DisentangledAttention(torch.autograd.Function):
     c2p_table [H, B, Lq, R] = q . pos_key^T and p2c_table [H, B, Lk, R] = k . pos_query^T (either may be None),
     idx [Lq, Lk] or [B, Lq, Lk] indexes their last dimension; or idx is None and the tables are band-layout
     products [H, K, B, T, W] (`band_view`, `band_table_rows`);
-    key_padding_mask [B, Lk] is True at real tokens; keep_prob = 1 - p; keep [N, Lq, Lk] fp32 0 / 1 (0 where
-    dropped), or None to draw the mask here (`dropout.keep_mask`) when keep_prob < 1, into the buffer the p2c read
-    leaves free where there is one. The function takes keep's buffer over (it ends up holding the dropped-out
-    probabilities): one [N, Lq, Lk] tensor fewer to allocate and fault in.
+    key_padding_mask [B, Lk] is True at real tokens; causal excludes keys j > i as well; keep_prob = 1 - p;
+    keep [N, Lq, Lk] fp32 0 / 1 (0 where dropped), or None to draw the mask here (`dropout.keep_mask`) when
+    keep_prob < 1, into the buffer the p2c read leaves free where there is one. The function takes keep's buffer
+    over (it ends up holding the dropped-out probabilities): one [N, Lq, Lk] tensor fewer to allocate and fault in.
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, c2p_table, p2c_table, idx, key_padding_mask, scale: float, keep, keep_prob: float):
+    def forward(ctx, q, k, v, c2p_table, p2c_table, idx, key_padding_mask, scale: float, keep, keep_prob: float,
+                causal: bool = False):
         N, Lq, Lk = q.shape[0], q.shape[1], k.shape[1]
         B = key_padding_mask.shape[0]
         H = N // B
@@ -55,6 +56,8 @@ class DisentangledAttention(torch.autograd.Function):
         scores_HBQK, spare = _position_scores(c2p_table, p2c_table, idx, (H, B, Lq, Lk), acc, q.device)
         if not key_padding_mask.all():
             scores_HBQK.masked_fill_(~key_padding_mask[None, :, None, :], torch.finfo(acc).min)
+        if causal:  # excluded scores never change the probabilities, so backward needs nothing more
+            scores_HBQK.masked_fill_(causal_exclusion(Lq, Lk, q.device), torch.finfo(acc).min)
         scores = scores_HBQK.view(N, Lq, Lk).baddbmm_(q.to(acc), k.to(acc).transpose(1, 2), alpha=scale)
         # In place (softmax's out= overload on its own input, safe row by row): no fresh [N, Lq, Lk] tensor.
         probs = torch.ops.aten._softmax.out(scores, -1, False, out=scores)
@@ -107,7 +110,7 @@ class DisentangledAttention(torch.autograd.Function):
                                   for table, term in ((c2p, "c2p"), (p2c, "p2c")))
         grad_c2p = None if c2p is None else grad_c2p.to(c2p[1])
         grad_p2c = None if p2c is None else grad_p2c.to(p2c[1])
-        return grad_q, grad_k, grad_v, grad_c2p, grad_p2c, None, None, None, None, None
+        return grad_q, grad_k, grad_v, grad_c2p, grad_p2c, None, None, None, None, None, None
 
 
 def _scaled_bmm(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -248,12 +251,12 @@ def against_band(x_HBLD: torch.Tensor, table_HRD: torch.Tensor, term: str) -> to
     return torch.bmm(x_blocks, windows_HXD.view(H * K, W, D).transpose(1, 2)).view(H, K, B, L // K, W)
 
 
-def cpu_fused_attention(q, k, v, pos_key, pos_query, rel_idx, key_padding_mask, scale, dropout_p):
+def cpu_fused_attention(q, k, v, pos_key, pos_query, rel_idx, key_padding_mask, scale, dropout_p, causal=False):
     """The attention core (`eager_attention`'s contract, context [B, H, Lq, D]) through `DisentangledAttention`:
     q, k, v copied head-major, the scale folded into the small relative tables, the position products in the
     band layout where the index allows it (else against the whole table)."""
     if torch.compiler.is_compiling():
-        return eager_attention(q, k, v, pos_key, pos_query, rel_idx, key_padding_mask, scale, dropout_p)
+        return eager_attention(q, k, v, pos_key, pos_query, rel_idx, key_padding_mask, scale, dropout_p, causal)
     B, H, Lq, D = q.shape
     Lk = k.shape[2]
     q_HBQD, k_HBKD, v_HBKD = (x.transpose(0, 1).contiguous() for x in (q, k, v))
@@ -264,7 +267,7 @@ def cpu_fused_attention(q, k, v, pos_key, pos_query, rel_idx, key_padding_mask, 
                 for x, table, term in ((q_HBQD, tables[0], "c2p"), (k_HBKD, tables[1], "p2c"))]
     context = DisentangledAttention.apply(
         q_HBQD.view(H * B, Lq, D), k_HBKD.view(H * B, Lk, D), v_HBKD.view(H * B, Lk, D), *products,
-        None if band else rel_idx, key_padding_mask, scale, None, 1.0 - dropout_p)
+        None if band else rel_idx, key_padding_mask, scale, None, 1.0 - dropout_p, causal)
     return context.view(H, B, Lq, D).transpose(0, 1)
 
 

@@ -2,9 +2,9 @@
 
 `F.scaled_dot_product_attention` computes softmax(q k^T * scale + bias) v with its dropout; the bias here is
 c2p + p2c (DeBERTa eq. 4's position terms, read from products against the relative tables, which carry the scale)
-plus the key padding mask, summed in fp32 as the official code does. On GPUs its memory-efficient kernel takes a
-bias with a gradient and never stores the probabilities. Same contract as the reference core,
-`debertav3.model.attention.eager_attention` (tests/test_attention_impls.py).
+plus the key padding mask (and, causal, the upper triangle), summed in fp32 as the official code does. On GPUs
+its memory-efficient kernel takes a bias with a gradient and never stores the probabilities. Same contract as the
+reference core, `debertav3.model.attention.eager_attention` (tests/test_attention_impls.py).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..model import implementations
+from ..model.attention import causal_exclusion
 
 
 class RelativeGather(torch.autograd.Function):
@@ -34,7 +35,7 @@ class RelativeGather(torch.autograd.Function):
         return grad.new_zeros(ctx.table_shape).scatter_add_(-1, index, grad), None
 
 
-def sdpa_attention(q, k, v, pos_key, pos_query, rel_idx, key_padding_mask, scale, dropout_p):
+def sdpa_attention(q, k, v, pos_key, pos_query, rel_idx, key_padding_mask, scale, dropout_p, causal=False):
     """The attention core (`eager_attention`'s contract): context [B, H, Lq, D]."""
     B, H, Lq, Lk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
     bias = q.new_zeros(1, dtype=torch.float32)
@@ -46,7 +47,10 @@ def sdpa_attention(q, k, v, pos_key, pos_query, rel_idx, key_padding_mask, scale
         p2c_BHKR = k @ (pos_query * scale).transpose(-1, -2)
         p2c_BHKQ = RelativeGather.apply(p2c_BHKR, index.transpose(-1, -2).expand(B, H, Lk, Lq))
         bias = bias + p2c_BHKQ.transpose(-1, -2).float()
-    bias = bias.masked_fill(~key_padding_mask[:, None, None, :], torch.finfo(torch.float32).min)
+    excluded = ~key_padding_mask[:, None, None, :]
+    if causal:  # folded into the bias: SDPA takes is_causal or a mask, not both
+        excluded = excluded | causal_exclusion(Lq, Lk, q.device)
+    bias = bias.masked_fill(excluded, torch.finfo(torch.float32).min)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=scale, dropout_p=dropout_p)
 
 
