@@ -4,7 +4,7 @@ SHARING_MODES = ("es", "nes", "gdes")  # DeBERTaV3 paper section 3: embedding sh
 SCHEDULES = ("joint", "decoupled")  # one step on L_MLM + lambda L_RTD, or the official code's two (objective/rtd.py)
 GENERATOR_STARTS = ("release_embeddings", "random")  # a generator for a discriminator-only release (interop/hf.py)
 STAGES = ("joint", "generator", "discriminator")  # what one forward pass of the RTD model computes
-OBJECTIVES = ("rtd", "mlm")
+OBJECTIVES = ("rtd", "mlm", "arlm", "mt")  # mt: MLM and ARLM on one network (DeBERTa-MT)
 MASK_MODES = ("all_mask", "bert")  # official DeBERTaV3 RTD: every selected token -> [MASK]; BERT: 80/10/10
 DOCUMENT_MODES = ("blank_line", "line")
 # The experiment trackers accelerate drives (accelerate.utils.LoggerType, "all" aside): train.log_with

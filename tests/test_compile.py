@@ -148,3 +148,25 @@ def test_the_decoupled_stages_compile_as_one_graph_each(sharing):
     for stage, extra in (("generator", {}), ("discriminator", {"discriminator_input_ids": sampled})):
         assert_same(losses_and_gradients(lambda **b: compiled(**b, stage=stage, **extra), model, batch),
                     losses_and_gradients(lambda **b: model(**b, stage=stage, **extra), model, batch))
+
+
+@pytest.mark.parametrize("objective", ["arlm", "mt"])
+def test_the_causal_step_compiles_as_one_graph_with_the_eager_results(objective):
+    """The auto-regressive task (objectives arlm and mt): the triangular mask in every layer and the EMD at every
+    position trace whole too; mt's masked task is the MLM step above."""
+    from debertav3.objective.arlm import next_token_labels
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    cfg = preset("tiny", vocab_size=100, hidden_size=32, intermediate_size=64, hidden_dropout_prob=0.0,
+                 attention_probs_dropout_prob=0.0, attention_impl="eager", mlm_loss_impl="eager",
+                 dropout_impl="eager")
+    model = RTDModel(cfg, None, objective=objective, special_token_ids=SPECIALS)
+    compiled = torch.compile(model, fullgraph=True, dynamic=False, backend="aot_eager")
+    for padded in (False, True):
+        batch = static_batch(padded)
+        ids, mask = batch["input_ids"].masked_fill(batch["input_ids"] == 99, 7), batch["attention_mask"]
+        labels = next_token_labels(ids, mask, torch.tensor(SPECIALS))
+        inputs = dict(input_ids=ids, attention_mask=mask, labels=labels, causal=True,
+                      denominators=torch.tensor([float((labels != -100).sum()), float(mask.sum())]))
+        assert_same(losses_and_gradients(compiled, model, inputs), losses_and_gradients(model, model, inputs))

@@ -89,3 +89,43 @@ def test_real_size_recipe_builds_and_takes_a_step(name):
     assert step["counts"]["discriminator"] == step["discriminator"]  # what the start-up header prints
     assert round(step["discriminator"] / 1e6) == CARDS[name]
     assert abs(step["discriminator"] / 1e6 / CARDS[name] - 1) < TOLERANCE
+
+
+CAUSAL_STEP = r"""
+import importlib.util, json, sys
+import torch
+from debertav3.data import Tokenizer
+from debertav3.objective.arlm import next_token_labels
+from debertav3.train import load_config
+from debertav3.train.build import build_model
+from debertav3.train.optim import build_optimizer, resolve_lr
+
+spec = importlib.util.spec_from_file_location("recipe", sys.argv[1])
+recipe = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(recipe)
+cfg, _ = resolve_lr(load_config(recipe.RECIPE, None, ["data.max_seq_length=64", "train.batch_size=1"]), 1)
+tokenizer = Tokenizer.load()
+torch.manual_seed(0)
+model = build_model(cfg, tokenizer.special_ids)
+optimizer = build_optimizer(model, cfg.optim)
+ids = torch.randint(5, cfg.model.vocab_size, (1, 64), generator=torch.Generator().manual_seed(0))
+mask = torch.ones_like(ids)
+out = model(input_ids=ids, attention_mask=mask, labels=next_token_labels(ids, mask, torch.tensor([0, 1, 2, 3, 4])),
+            causal=True)
+out.loss.backward()
+optimizer.step()
+print(json.dumps(dict(loss=out.loss.item(), layers=cfg.model.num_hidden_layers, hidden=cfg.model.hidden_size,
+                      vocab_rows=model.generator_embedding.shape[0], lr=cfg.optim.lr,
+                      emd=model.generator.uses_emd)))
+"""
+
+
+@pytest.mark.slow
+def test_the_base_generation_recipe_builds_and_takes_a_causal_step():
+    result = subprocess.run([sys.executable, "-c", CAUSAL_STEP, str(ROOT / "recipes" / "arlm_base.py")],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    step = json.loads(result.stdout.splitlines()[-1])
+    assert (step["layers"], step["hidden"], step["vocab_rows"], step["emd"]) == (12, 768, 128_100, True)
+    assert math.isfinite(step["loss"]) and step["loss"] > 5  # about ln(128100) = 11.8 at the start
+    assert step["lr"] == pytest.approx(2e-4 * (64 / (2048 * 512)) ** 0.5)  # sqrt-scaled to 64 tokens per step

@@ -138,12 +138,14 @@ def final_weights(output_dir):
     return load_file(complete_checkpoints(output_dir)[-1] / "model.safetensors")
 
 
-def test_resume_reproduces_uninterrupted_run(corpus, tmp_path):
+@pytest.mark.parametrize("objective", ["rtd", "arlm", "mt"])
+def test_resume_reproduces_uninterrupted_run(corpus, tmp_path, objective):
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    train(config(corpus, straight, "train.max_steps=8", "train.save_every=4"))
-    train(config(corpus, interrupted, "train.max_steps=8", "train.save_every=4"), stop_after_steps=4)
+    settings = ("train.max_steps=8", "train.save_every=4", f"objective={objective}")
+    train(config(corpus, straight, *settings))
+    train(config(corpus, interrupted, *settings), stop_after_steps=4)
     assert [p.name for p in complete_checkpoints(interrupted)] == ["step-00000004"]
-    train(config(corpus, interrupted, "train.max_steps=8", "train.save_every=4"))  # resume=auto
+    train(config(corpus, interrupted, *settings))  # resume=auto
     a, b = final_weights(straight), final_weights(interrupted)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     loss_a, loss_b = scalars(straight)["train/loss"], scalars(interrupted)["train/loss"]

@@ -11,7 +11,9 @@ Token embeddings are shared in one of three ways (paper section 3), computed exp
     nes   separate E_G and E_D; RTD never reaches E_G, MLM never reaches E_D
     gdes  E_D = sg(E_G) + E_Delta, E_Delta initialised to zeros: MLM updates E_G, RTD updates only E_Delta
 
-`objective="mlm"` is the DeBERTa MLM baseline: one full-depth backbone with the EMD, no discriminator.
+`objective="mlm"` is the DeBERTa MLM baseline: one full-depth backbone with the EMD, no discriminator. `arlm` runs
+that network causally and predicts the next token (objective/arlm.py, DeBERTa paper appendix A.4); `mt` trains it
+on both (DeBERTa-MT), the task of each call chosen by `causal`.
 
 Stages: `forward(..., stage="joint")` computes L above for one optimizer step (ELECTRA's schedule, the paper's
 formula). The official trainer's decoupled schedule runs `stage="generator"` (L_MLM and the sampled replacements)
@@ -36,11 +38,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..constants import IGNORE_INDEX, SHARING_MODES, STAGES
+from ..constants import IGNORE_INDEX, OBJECTIVES, SHARING_MODES, STAGES
 from ..errors import ConfigError
 from ..model import MaskedLMModel, ReplacedTokenDetectionModel, implementations
 from ..model.config import ModelConfig
 from . import losses  # noqa: F401  (registers the reference vocabulary step)
+from .arlm import next_token_loss
 from .metrics import prior_relative_loss, roc_auc
 
 
@@ -66,8 +69,10 @@ class RTDOutput:
     in the generator stage, MLM fields in the discriminator stage. `loss` is what the stage's step minimises."""
 
     loss: torch.Tensor
-    mlm_loss: Optional[torch.Tensor] = None  # None in the discriminator stage
+    mlm_loss: Optional[torch.Tensor] = None  # None in the discriminator stage and for the causal task
     mlm_accuracy: Optional[torch.Tensor] = None
+    arlm_loss: Optional[torch.Tensor] = None  # next-token cross-entropy (objectives arlm and mt, causal calls)
+    arlm_accuracy: Optional[torch.Tensor] = None
     rtd_loss: Optional[torch.Tensor] = None
     rtd_accuracy: Optional[torch.Tensor] = None
     replaced_fraction: Optional[torch.Tensor] = None
@@ -81,29 +86,33 @@ class RTDOutput:
 
     def metric_tensors(self) -> dict[str, torch.Tensor]:
         """Detached scalar tensors, for accumulating without a host sync."""
-        names = ("loss", "mlm_loss", "mlm_accuracy", "rtd_loss", "rtd_accuracy", "replaced_fraction", "precision",
-                 "recall", "rtd_auc", "rtd_loss_vs_prior")
+        names = ("loss", "mlm_loss", "mlm_accuracy", "arlm_loss", "arlm_accuracy", "rtd_loss", "rtd_accuracy",
+                 "replaced_fraction", "precision", "recall", "rtd_auc", "rtd_loss_vs_prior")
         return {n: getattr(self, n).detach().float() for n in names if getattr(self, n) is not None}
 
 
 class RTDModel(nn.Module):
-    """Generator + discriminator with switchable embedding sharing.
+    """Generator + discriminator with switchable embedding sharing (or, for objectives mlm, arlm and mt, the
+    generator's network alone at full depth).
 
     `forward(input_ids, attention_mask, labels)`: `input_ids` already masked, `labels` the original ids at masked
-    positions and -100 elsewhere (transformers' convention). `special_token_ids` are never sampled as replacements.
+    positions and -100 elsewhere (transformers' convention); with `causal=True` (arlm, mt) `input_ids` unmasked
+    and `labels` the next tokens (objective/arlm.py). `special_token_ids` are never sampled as replacements.
+    `enhanced_mask_decoder=False`: the head reads the last layer (model/heads.py `MaskedLMModel`).
     """
 
     def __init__(self, generator_config: ModelConfig, discriminator_config: Optional[ModelConfig] = None,
                  embedding_sharing: str = "gdes", rtd_weight: float = 50.0, temperature: float = 1.0,
-                 objective: str = "rtd", special_token_ids: Sequence[int] = (0, 1, 2, 3)):
+                 objective: str = "rtd", special_token_ids: Sequence[int] = (0, 1, 2, 3),
+                 enhanced_mask_decoder: bool = True):
         super().__init__()
-        if objective not in ("rtd", "mlm"):
-            raise ConfigError(f"objective {objective!r} is unknown; use 'rtd' or 'mlm'")
+        if objective not in OBJECTIVES:
+            raise ConfigError(f"objective {objective!r} is unknown; use one of {list(OBJECTIVES)}")
         if embedding_sharing not in SHARING_MODES:
             raise ConfigError(f"embedding_sharing {embedding_sharing!r} is unknown; use one of {list(SHARING_MODES)}")
         self.objective, self.embedding_sharing = objective, embedding_sharing
         self.rtd_weight, self.temperature = rtd_weight, temperature
-        self.generator = MaskedLMModel(generator_config)
+        self.generator = MaskedLMModel(generator_config, enhanced_mask_decoder=enhanced_mask_decoder)
         # The vocabulary step (logits -> cross-entropy -> sampling), resolved once: objective/losses.py.
         self.vocabulary_loss = implementations.resolve("mlm_loss", implementations.resolve_name(
             "mlm_loss", generator_config.mlm_loss_impl, implementations.default_device_type()))
@@ -154,7 +163,8 @@ class RTDModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
                 mask_positions: Optional[torch.Tensor] = None, uniforms: Optional[torch.Tensor] = None,
                 denominators: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
-                stage: str = "joint", discriminator_input_ids: Optional[torch.Tensor] = None) -> RTDOutput:
+                stage: str = "joint", discriminator_input_ids: Optional[torch.Tensor] = None,
+                causal: bool = False) -> RTDOutput:
         """`mask_positions` [B, M] the prediction slots (`prediction_positions`; default: computed from `labels`);
         `uniforms` [B, M] in (0, 1] drive the sampling (default: drawn from `generator`); `denominators` = float
         [2], (masked positions, non-pad tokens), what the summed losses are divided by (default: this batch's
@@ -162,18 +172,25 @@ class RTDModel(nn.Module):
         step and the step compiles with static shapes.
 
         `stage` (module docstring): "joint", "generator", or "discriminator", which needs the generator stage's
-        `discriminator_input_ids` for the same batch."""
+        `discriminator_input_ids` for the same batch. `causal`: the auto-regressive task (objectives arlm and mt),
+        L_ARLM over the labelled next tokens / denominators[0]."""
         if stage not in STAGES:
             raise ConfigError(f"stage {stage!r} is unknown; use one of {list(STAGES)}")
         real_BL = attention_mask.bool()
         if denominators is None:
             denominators = torch.stack([(labels != IGNORE_INDEX).sum(), real_BL.sum()]).float()
+        if causal != (self.objective == "arlm") and self.objective != "mt":
+            raise ValueError(f"objective {self.objective} {'has no' if causal else 'only has the'} causal task")
+        if causal:
+            arlm_loss, arlm_accuracy = next_token_loss(self.generator, self.generator_embedding, input_ids,
+                                                       attention_mask, labels, denominators[0])
+            return RTDOutput(loss=arlm_loss, arlm_loss=arlm_loss, arlm_accuracy=arlm_accuracy)
         generated = {}
         if stage != "discriminator":
             generated = self.generate(input_ids, attention_mask, labels, mask_positions, uniforms, denominators[0],
                                       generator)
             discriminator_input_ids = generated["discriminator_input_ids"]
-            if self.objective == "mlm" or stage == "generator":
+            if self.objective != "rtd" or stage == "generator":
                 return RTDOutput(loss=generated["mlm_loss"], **generated)
         elif discriminator_input_ids is None:
             raise ValueError("the discriminator stage needs the generator stage's discriminator_input_ids")

@@ -8,6 +8,7 @@ that depend on each other against each other.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Optional
@@ -35,6 +36,9 @@ class PretrainModelConfig(ModelConfig):
     # random, E_G random (E_Delta = E_D - E_G); release_embeddings, E_G := the release's E_D (E_Delta = 0 under
     # gdes). random by measurement: docs/training-dynamics.md §17
     generator_start: str = "random"
+    # The MLM head reads the enhanced mask decoder (DeBERTa paper section 3.3), or, false, the last layer directly:
+    # DeBERTa-AP and the absolute-position baseline of the paper's generation comparison (docs/generation.md)
+    enhanced_mask_decoder: bool = True
 
     def validate(self) -> None:
         super().validate()
@@ -77,6 +81,26 @@ class RTDConfig:
             raise ConfigError(f"rtd.schedule {self.schedule!r} is unknown; use one of {list(SCHEDULES)}")
         if self.generator_warmup_steps < 0:
             raise ConfigError(f"rtd.generator_warmup_steps must be >= 0, got {self.generator_warmup_steps}")
+
+
+@dataclass
+class MTConfig:
+    """DeBERTa-MT (objective mt): one network trained on MLM and on ARLM, "as in UniLM" (DeBERTa paper A.4).
+
+    Each optimizer step trains one task, all its micro-batches alike; `arlm_fraction` of the steps are ARLM,
+    spread evenly (step s is ARLM when floor((s + 1) f) > floor(s f)), so the mix needs no random state to resume.
+    0.5 by default: UniLM gives its bidirectional and its left-to-right objectives equal shares (a third each, the
+    last third going to sequence-to-sequence, which has no counterpart here); the DeBERTa paper gives no other.
+    """
+
+    arlm_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        check_number("mt.arlm_fraction", self.arlm_fraction, "(0, 1)")
+
+    def causal_step(self, step: int) -> bool:
+        """Whether step `step` (0-based) trains the ARLM task."""
+        return math.floor((step + 1) * self.arlm_fraction) > math.floor(step * self.arlm_fraction)
 
 
 @dataclass
@@ -185,6 +209,7 @@ class Config:
     model: PretrainModelConfig = field(default_factory=PretrainModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rtd: RTDConfig = field(default_factory=RTDConfig)
+    mt: MTConfig = field(default_factory=MTConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainSection = field(default_factory=TrainSection)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
@@ -202,6 +227,11 @@ class Config:
                           f"({self.train.max_steps}): the warm-up is cut to {self.train.max_steps} steps and the "
                           "learning rate never decays; set optim.warmup_steps <= train.max_steps to choose the "
                           "schedule", ScheduleWarning)
+
+    def causal_step(self, step: int) -> bool:
+        """Whether optimizer step `step` (0-based) trains the auto-regressive task: always for arlm, by
+        `mt.arlm_fraction` for mt, never for rtd and mlm."""
+        return self.objective == "arlm" or (self.objective == "mt" and self.mt.causal_step(step))
 
     @property
     def mask_mode(self) -> str:

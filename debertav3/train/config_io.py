@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..errors import ConfigError
-from .config import Config, RTDConfig
+from .config import Config
 
 
 def _omegaconf_message(exc: OmegaConfBaseException) -> str:
@@ -97,26 +97,39 @@ def _user_layers(yaml_file: str | None, overrides: Sequence[str]) -> list[dict]:
     return [_as_typed(Config, layer) for layer in layers]
 
 
+# Keys that only some objectives read: set (to other than the default) with another objective they would be
+# ignored, so setting one is a mistake (a copy-pasted command, a forgotten objective=...), refused at load rather
+# than warned about in a long run's log. Defaults pass: a saved config.yaml given as --config lists every key.
+OBJECTIVE_KEYS = {"rtd.": ("rtd",), "mt.": ("mt",),
+                  "data.mask_prob": ("rtd", "mlm", "mt"), "data.mask_mode": ("rtd", "mlm", "mt"),
+                  "data.whole_word_mask": ("rtd", "mlm", "mt")}
+
+
 def _apply_explicit(cfg: Config, explicit: set[str]) -> Config:
     """What the keys the user set (in the YAML file or as key=value, not the recipe's) decide beyond their values.
 
     - An explicit `optim.lr` is the lr to train at: a recipe's `optim.lr_scaling` is turned off for it (unless the
       user set that too).
-    - `rtd.*` keys set to other than their defaults with objective mlm are refused: the MLM baseline has no
-      discriminator and would ignore them, so setting one is a mistake (a copy-pasted command, a forgotten
-      objective=rtd), and a warning would scroll away in a long run's log. (Defaults pass: a saved config.yaml
-      given as --config lists every key.)
+    - A key of `OBJECTIVE_KEYS` set to other than its default with an objective that ignores it is refused.
     """
     if "optim.lr" in explicit and "optim.lr_scaling" not in explicit:
         cfg.optim.lr_scaling = "none"
-    defaults = RTDConfig()
-    ignored = sorted(key for key in explicit
-                     if key.startswith("rtd.") and getattr(cfg.rtd, key[4:]) != getattr(defaults, key[4:]))
-    if cfg.objective == "mlm" and ignored:
-        raise ConfigError(f"{', '.join(ignored)} set with objective=mlm, which has no discriminator and ignores "
-                          f"{'it' if len(ignored) == 1 else 'them'}; remove {'it' if len(ignored) == 1 else 'them'} "
-                          "or use objective=rtd")
+    ignored = sorted(key for key in explicit for prefix, objectives in OBJECTIVE_KEYS.items()
+                     if key.startswith(prefix) and cfg.objective not in objectives and _differs_from_default(cfg, key))
+    if ignored:
+        users = sorted({o for prefix, objectives in OBJECTIVE_KEYS.items() for o in objectives
+                        if ignored[0].startswith(prefix)})
+        it = "it" if len(ignored) == 1 else "them"
+        raise ConfigError(f"{', '.join(ignored)} set with objective={cfg.objective}, which ignores {it}; remove "
+                          f"{it} or use objective={' or '.join(users)}")
     return cfg
+
+
+def _differs_from_default(cfg: Config, dotted: str) -> bool:
+    """Whether `cfg`'s value of a "section.key" differs from the schema's default for it."""
+    section, key = dotted.split(".", 1)
+    values = getattr(cfg, section)
+    return getattr(values, key) != getattr(type(values)(), key)
 
 
 def load_config(recipe: dict | None = None, yaml_file: str | None = None,

@@ -18,6 +18,8 @@ What is written (see docs/finetune.md, "What export writes"):
 
 A checkpoint of `objective: mlm` has no discriminator: its only network is the full-depth MLM model, which
 `--part generator` exports (and which `AutoModelForSequenceClassification` fine-tunes like any DeBERTa-v2 MLM).
+So do those of `arlm` and `mt`, whose config.json also records what `debertav3.lm.load_causal_lm` needs to run
+the network causally as trained (objective, enhanced_mask_decoder, max_seq_length; docs/finetune.md).
 Every problem is found before anything is written; the directory appears complete, via a rename, or not at all.
 """
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -43,7 +46,7 @@ from ..objective.rtd import RTDModel
 from .checkpoint import CONFIG_FILE, STATE_FILE, complete_checkpoints, read_state, verify_checkpoint
 from .manifest import MANIFEST_FILE
 from .config_io import load_config, read_yaml
-from ..errors import CheckpointError, ConfigError, UserError
+from ..errors import CheckpointError, ConfigError, ScheduleWarning, UserError
 from .config import Config
 from ..usage import ArgumentParser, guarded
 from ..validation import check_writable
@@ -85,7 +88,9 @@ def read_checkpoint_config(checkpoint: Path) -> Config:
     """The config the checkpoint was trained with, taken as a recipe (complete, and nobody's command line: the checks
     of what a user sets, config_io.py `_apply_explicit`, are not for it)."""
     try:
-        return load_config(OmegaConf.to_container(read_yaml(str(checkpoint / CONFIG_FILE))))
+        with warnings.catch_warnings():  # the schedule warning is for whoever sets a run up, not for its reader
+            warnings.simplefilter("ignore", ScheduleWarning)
+            return load_config(OmegaConf.to_container(read_yaml(str(checkpoint / CONFIG_FILE))))
     except ConfigError as exc:
         raise CheckpointError(f"{checkpoint / CONFIG_FILE} is not a valid training config: {exc}") from None
 
@@ -138,7 +143,9 @@ def provenance(checkpoint: Path, cfg: Config, part: str) -> dict:
         raise CheckpointError(f"{checkpoint / STATE_FILE} is not valid JSON; pass an intact checkpoint") from None
     # The directory's name only: a local path has no business in a model that may be published.
     return {"checkpoint": checkpoint.name, "step": state.get("step"), "tokens_seen": state.get("tokens_seen"),
-            "part": part, "objective": cfg.objective, "embedding_sharing": cfg.rtd.embedding_sharing}
+            "part": part, "objective": cfg.objective, "embedding_sharing": cfg.rtd.embedding_sharing,
+            # what debertav3.lm.load_causal_lm needs to rebuild the network as trained
+            "enhanced_mask_decoder": cfg.model.enhanced_mask_decoder, "max_seq_length": cfg.data.max_seq_length}
 
 
 def check_output(out: Path, overwrite: bool) -> None:
@@ -160,9 +167,9 @@ def export(checkpoint: str | os.PathLike, out: str | os.PathLike, part: str = "d
     check_output(out, overwrite)
     checkpoint = resolve_checkpoint(checkpoint)
     cfg = read_checkpoint_config(checkpoint)
-    if part == "discriminator" and cfg.objective == "mlm":
-        raise CheckpointError(f"{checkpoint} was pretrained with objective mlm and has no discriminator; export its "
-                              "network with --part generator")
+    if part == "discriminator" and cfg.objective != "rtd":
+        raise CheckpointError(f"{checkpoint} was pretrained with objective {cfg.objective} and has no discriminator; "
+                              "export its network with --part generator")
     tokenizer = read_tokenizer(checkpoint, cfg.model.vocab_size)
     model = load_rtd_model(checkpoint, cfg, tokenizer)
     tokenizer_files = {p.name: p for p in sorted((checkpoint / TOKENIZER_DIR).iterdir()) if p.is_file()}

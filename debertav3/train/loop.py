@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 import warnings
@@ -21,7 +22,7 @@ from ..model import implementations
 from ..objective.rtd import RTDModel, average_pairwise_cosine
 from .config import Config
 from .allocator import keep_freed_memory
-from .batches import BlockSource, make_micro_batch, micro_batch_seed
+from .batches import BlockSource, make_causal_micro_batch, make_micro_batch, micro_batch_seed
 from .checkpoint import save_checkpoint
 from .config_io import to_yaml
 from .lock import claim_output_dir
@@ -63,6 +64,7 @@ class Trainer:
         self.identity = RunIdentity.of(cfg, self.tokenizer, self.accelerator.num_processes)
         self.probe = Probe(cfg.probe, self.tokenizer, cfg.train.seed) if cfg.probe.train_file else None
         self.masker = Masker(self.tokenizer, cfg.data.mask_prob, cfg.mask_mode, cfg.data.whole_word_mask)
+        self.special_ids = torch.tensor(sorted(set(self.tokenizer.special_ids)))  # never next-token targets
         self.source = BlockSource(self.train_set, cfg.train.seed, cfg.data.streaming)
         schedule = cfg.rtd.schedule if cfg.objective == "rtd" else "joint"
         optimizers = build_optimizers(model, cfg.optim, schedule)
@@ -96,11 +98,18 @@ class Trainer:
         """The model without accelerate's wrappers and without torch.compile's: evaluation runs it eagerly."""
         return self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
 
-    def micro_batch(self, position: int, blocks: list):
-        acc = self.accelerator
-        return make_micro_batch(blocks, self.masker, self.tokenizer.pad_id, self.cfg.data.max_seq_length,
-                                micro_batch_seed(self.cfg.train.seed, position), acc.process_index,
-                                acc.num_processes).to(acc.device)
+    def micro_batch(self, position: int, blocks: list, causal: bool = False):
+        """Global micro-batch `position` (negative: held-out batch -1 - position) as this process's inputs:
+        masked, or unmasked with next-token labels when `causal`."""
+        acc, length = self.accelerator, self.cfg.data.max_seq_length
+        if causal:
+            batch = make_causal_micro_batch(blocks, self.special_ids, self.tokenizer.pad_id, length,
+                                            acc.process_index, acc.num_processes)
+        else:
+            batch = make_micro_batch(blocks, self.masker, self.tokenizer.pad_id, length,
+                                     micro_batch_seed(self.cfg.train.seed, position), acc.process_index,
+                                     acc.num_processes)
+        return batch.to(acc.device)
 
     def resume(self) -> None:
         restored = restore(self.accelerator, self.out, self.cfg.train.resume, self.cfg, self.identity)
@@ -120,7 +129,9 @@ class Trainer:
         self.model.train()
         positions = [self.step * cfg.gradient_accumulation_steps + micro
                      for micro in range(cfg.gradient_accumulation_steps)]
-        batches = [self.micro_batch(p, self.source.blocks(p * global_batch, global_batch)) for p in positions]
+        causal = self.cfg.causal_step(self.step)
+        batches = [self.micro_batch(p, self.source.blocks(p * global_batch, global_batch), causal)
+                   for p in positions]
         try:
             totals, skipped = self.steps.run(self.step, batches)
         except NonFinite as exc:
@@ -149,14 +160,26 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Metrics on the held-out blocks, with the same masks every time (seeded by the batch number).
-
-        Per-batch metrics are averaged over batches; `rtd_auc` and `rtd_loss_vs_prior` come instead from the
-        discriminator's scores pooled over all batches and processes, and `mlm_accuracy_unigram` /
-        `mlm_loss_unigram` are the best constant predictor's scores on the pooled masked targets; with a probe
-        configured, `probe_accuracy` and `probe_majority` come from train/probe.py."""
-        model, cfg, acc = self.raw_model, self.cfg.train, self.accelerator
+        """Metrics on the held-out blocks, with the same masks every time (seeded by the batch number): the masked
+        task's for rtd and mlm, the causal task's for arlm, both for mt; with a probe configured, `probe_accuracy`
+        and `probe_majority` from train/probe.py."""
+        model = self.raw_model
         model.eval()
+        result = {}
+        for causal in {"arlm": (True,), "mt": (False, True)}.get(self.cfg.objective, (False,)):
+            result.update(self.evaluate_task(model, causal))
+        if result and self.probe is not None:  # every process fits the same probe on the same weights
+            probed = self.probe.evaluate(kept_encoder(model), self.accelerator.device)
+            result.update({f"eval/{k}": v for k, v in probed.items()})
+        return result
+
+    def evaluate_task(self, model: RTDModel, causal: bool) -> dict[str, float]:
+        """One task's held-out metrics. Per-batch metrics are averaged over batches; pooled over all batches and
+        processes instead: `rtd_auc` and `rtd_loss_vs_prior` from the discriminator's scores, the unigram baselines
+        (`mlm_accuracy_unigram` / `mlm_loss_unigram`, or `arlm_accuracy_unigram` / `perplexity_unigram`: the best
+        constant predictor's scores on the pooled targets) and `perplexity`, exp of the next-token cross-entropy
+        over every held-out target token."""
+        cfg, acc = self.cfg.train, self.accelerator
         global_batch = cfg.batch_size * acc.num_processes
         totals, count, scores, targets = {}, 0, [], []
         counts = torch.zeros(self.cfg.model.vocab_size, dtype=torch.long, device=acc.device)
@@ -164,11 +187,18 @@ class Trainer:
             if i == cfg.eval_batches:
                 break
             blocks = [self.valid_set[j] for j in range(start, start + global_batch)]
-            batch = self.micro_batch(-1 - i, blocks)
+            batch = self.micro_batch(-1 - i, blocks, causal)
             out = model(**batch.inputs)
-            for name, value in out.metric_tensors().items():
-                totals[name] = totals.get(name, 0.0) + value
             labels = batch.inputs["labels"]
+            metrics = out.metric_tensors()
+            if causal:
+                # Summed cross-entropy and targets of this process: their ratio, pooled, is the held-out token CE.
+                metrics.update(arlm_nll=out.arlm_loss * batch.inputs["denominators"][0],
+                               arlm_targets=(labels != IGNORE_INDEX).sum().float())
+                if self.cfg.objective == "mt":
+                    metrics.pop("loss")  # the masked task's loss is the run's eval/loss
+            for name, value in metrics.items():
+                totals[name] = totals.get(name, 0.0) + value
             counts += target_counts(labels[labels != IGNORE_INDEX], counts.numel())
             if out.rtd_logits is not None:
                 real = batch.inputs["attention_mask"].bool()
@@ -180,7 +210,13 @@ class Trainer:
         result = {f"eval/{k}": v / count for k, v in self.reduce(totals).items()}
         if acc.num_processes > 1:
             counts = acc.reduce(counts, "sum")
-        pooled = dict(zip(("mlm_accuracy_unigram", "mlm_loss_unigram"), unigram_baselines(counts)))
+        accuracy, entropy = unigram_baselines(counts)
+        if causal:
+            cross_entropy = result.pop("eval/arlm_nll") / result.pop("eval/arlm_targets")
+            result.update({"eval/perplexity": math.exp(cross_entropy), "eval/arlm_accuracy_unigram": accuracy.item(),
+                           "eval/perplexity_unigram": math.exp(entropy.item())})
+            return result
+        pooled = dict(mlm_accuracy_unigram=accuracy, mlm_loss_unigram=entropy)
         if scores:
             scores, targets = self.gather_rows(torch.cat(scores)), self.gather_rows(torch.cat(targets))
             # Processes hold different numbers of tokens: gather_rows pads with target -1, dropped here.
@@ -188,8 +224,6 @@ class Trainer:
             scores, targets = scores[real], targets[real]
             pooled.update(rtd_auc=roc_auc(scores, targets), rtd_loss_vs_prior=prior_relative_loss(scores, targets))
         result.update({f"eval/{k}": v for k, v in zip(pooled, torch.stack(list(pooled.values())).tolist())})
-        if self.probe is not None:  # every process fits the same probe on the same weights: nothing to reduce
-            result.update({f"eval/{k}": v for k, v in self.probe.evaluate(kept_encoder(model), acc.device).items()})
         return result
 
     def gather_rows(self, values: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,8 @@
 the end-of-run summary. Pure formatting of the metrics the loop computes (debertav3.objective.metrics), so tests check it.
 
 Every figure is shown next to what a model that learned nothing scores: AUC against 0.5, RTD loss against the
-prior's (ratio 1.0), MLM accuracy against always predicting the most frequent target (the unigram baseline).
+prior's (ratio 1.0), MLM accuracy against always predicting the most frequent target and perplexity against the
+best constant distribution's (the unigram baselines).
 """
 
 from __future__ import annotations
@@ -30,14 +31,19 @@ def _number(value: Optional[float], digits: int = 3) -> str:
 
 
 def eval_figures(evaluation: Mapping[str, float]) -> str:
-    """'RTD AUC 0.912, RTD loss / prior 0.64, MLM accuracy 0.213 (unigram 0.061)'; the RTD part only for rtd, and
-    ', probe accuracy 0.781 (majority 0.509)' when a probe is configured."""
+    """'RTD AUC 0.912, RTD loss / prior 0.64, MLM accuracy 0.213 (unigram 0.061)'; the RTD part only for rtd,
+    'perplexity 81.2 (unigram 402.5)' for arlm and mt (no MLM part for arlm), and ', probe accuracy 0.781
+    (majority 0.509)' when a probe is configured."""
     parts = []
     if "eval/rtd_auc" in evaluation:
         parts += [f"RTD AUC {_number(evaluation['eval/rtd_auc'])}",
                   f"RTD loss / prior {_number(evaluation['eval/rtd_loss_vs_prior'], 2)}"]
-    parts.append(f"MLM accuracy {_number(evaluation.get('eval/mlm_accuracy'))} "
-                 f"(unigram {_number(evaluation.get('eval/mlm_accuracy_unigram'))})")
+    if "eval/perplexity" in evaluation:
+        parts.append(f"perplexity {_number(evaluation['eval/perplexity'], 1)} "
+                     f"(unigram {_number(evaluation.get('eval/perplexity_unigram'), 1)})")
+    if "eval/mlm_accuracy" in evaluation or "eval/perplexity" not in evaluation:
+        parts.append(f"MLM accuracy {_number(evaluation.get('eval/mlm_accuracy'))} "
+                     f"(unigram {_number(evaluation.get('eval/mlm_accuracy_unigram'))})")
     if "eval/probe_accuracy" in evaluation:
         parts.append(f"probe accuracy {_number(evaluation['eval/probe_accuracy'])} "
                      f"(majority {_number(evaluation['eval/probe_majority'])})")
@@ -50,11 +56,16 @@ def format_eval_line(step: int, evaluation: Mapping[str, float]) -> str:
 
 
 def progress_postfix(logged: Mapping[str, float], eval_auc: Optional[float]) -> dict[str, str]:
-    """The progress bar's fields: loss, train AUC, RTD loss / prior, MLM accuracy, tokens/s, latest eval AUC."""
+    """The progress bar's fields: loss, train AUC, RTD loss / prior, MLM (or next-token) accuracy, tokens/s,
+    latest eval AUC."""
     fields = {"loss": f"{logged['loss']:.3f}"}
     if "rtd_auc" in logged:
         fields.update(auc=_number(logged["rtd_auc"], 2), rtd_prior=_number(logged["rtd_loss_vs_prior"], 2))
-    fields.update(mlm_acc=f"{logged['mlm_accuracy']:.2f}", tok_s=f"{logged['tokens_per_second']:.0f}")
+    if "mlm_accuracy" in logged:
+        fields["mlm_acc"] = f"{logged['mlm_accuracy']:.2f}"
+    if "arlm_accuracy" in logged:
+        fields["next_acc"] = f"{logged['arlm_accuracy']:.2f}"
+    fields["tok_s"] = f"{logged['tokens_per_second']:.0f}"
     if eval_auc is not None:
         fields["eval_auc"] = _number(eval_auc, 2)
     return fields
@@ -110,7 +121,7 @@ def format_summary(*, step: int, max_steps: int, tokens_seen: int, wall_seconds:
     if stopped_by:
         lines.append("  continue: run the same command again (train.resume=auto)")
     if checkpoint:
-        part = " --part generator" if objective == "mlm" else ""  # an mlm run has no discriminator to export
+        part = " --part generator" if objective != "rtd" else ""  # only rtd has a discriminator to export
         lines.append(f"  next: python tools/export.py {shlex.quote(str(output_dir))} "
                      f"{shlex.quote(f'{output_dir}-hf')}{part}")
     return "\n".join(lines)

@@ -34,8 +34,9 @@ from ..errors import UserError
 # masks step k sees, the optimizers and their parameter groups (one optimizer or two, one lr or the
 # discriminator's apart), which steps train the generator alone. The rest (learning rate, logging, evaluation,
 # paths) may change on resume.
-COMPARED = ("objective", "model", "rtd.embedding_sharing", "rtd.schedule", "rtd.generator_warmup_steps", "data",
-            "train.seed", "train.batch_size", "train.gradient_accumulation_steps", "optim.discriminator_lr_scale")
+COMPARED = ("objective", "model", "rtd.embedding_sharing", "rtd.schedule", "rtd.generator_warmup_steps", "mt",
+            "data", "train.seed", "train.batch_size", "train.gradient_accumulation_steps",
+            "optim.discriminator_lr_scale")
 # Exempt: initial weights only matter before step 1; the files and the tokenizer are compared by content
 # (RunIdentity), not by path, so a corpus may move; the rest touch evaluation or speed only.
 EXEMPT = ("model.init_discriminator", "model.init_generator", "model.generator_start", "data.train_files",

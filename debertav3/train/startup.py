@@ -42,8 +42,9 @@ def format_header(cfg: Config, model: RTDModel, lr_rule: str, precision: str, de
     """The lines a run prints before its first step (see the module docstring)."""
     counts = parameter_counts(model)
     train, rtd = cfg.train, cfg.objective == "rtd"
+    label = {"mlm": "MLM network", "arlm": "causal LM", "mt": "MLM + ARLM"}.get(cfg.objective)
     networks = [("discriminator", model.discriminator), ("generator", model.generator)] if rtd else \
-        [("MLM network", model.generator)]
+        [(label, model.generator)]
     sharing = f" with {cfg.rtd.embedding_sharing} embedding sharing" if rtd else ""
     lines = [f"pretraining {cfg.objective}{sharing} in {train.output_dir}"]
     for label, network in networks:
@@ -62,6 +63,11 @@ def format_header(cfg: Config, model: RTDModel, lr_rule: str, precision: str, de
                  f"{cfg.optim.warmup_steps:,}, train.max_steps={train.max_steps:,}")
     if rtd:
         lines.append(f"  {'schedule':<14} {schedule_line(cfg)}")
+    if cfg.objective == "mt":
+        lines.append(f"  {'tasks':<14} ARLM on {cfg.mt.arlm_fraction:.0%} of the steps, MLM on the others "
+                     "(mt.arlm_fraction)")
+    if not cfg.model.enhanced_mask_decoder:
+        lines.append(f"  {'head':<14} reads the last layer (model.enhanced_mask_decoder=false)")
     if rtd and cfg.model.init_discriminator and not cfg.model.init_generator:
         lines.append(f"  {'generator':<14} {release_start_line(cfg)}")
     lines.append(f"  {'precision':<14} {PRECISIONS.get(precision, precision)} (train.mixed_precision="
