@@ -105,3 +105,12 @@ def test_fast_path_comparison_times_every_variant_it_is_given(tmp_path, capsys):
     assert saved["seconds"] == times and saved["shape"]["seq"] == 16
     table = capsys.readouterr().out
     assert table.count("| ") >= 4 * 3 and "1.000x" in table  # the first variant is the yardstick here
+
+
+def test_generation_benchmark_times_both_ways_on_the_same_tokens(tmp_path):
+    import bench_generation
+
+    result = bench_generation.main(["--size", "tiny", "--new-tokens", "3", "--rounds", "1", "--gemm-seconds",
+                                    "0.05", "--output", str(tmp_path / "generation.json")])
+    assert set(result["seconds_per_token"]) == {"cache", "recompute"} and result["speedup"] > 0
+    assert json.loads((tmp_path / "generation.json").read_text())["new_tokens"] == 3
