@@ -1,6 +1,8 @@
 """Part (a) of the GPU check: our backbone against transformers' `DebertaV2Model` with the same weights, on the device.
 
-For each attention implementation in `IMPLEMENTATIONS` and each sequence length: the fp32 forward pass (real tokens)
+For each attention implementation in `IMPLEMENTATIONS`, each sequence length, bidirectional and causal (the
+auto-regressive model's triangular mask; transformers' encoder given the same triangle as a [B, L, L] mask, since its
+public forward takes only a 2-D one): the fp32 forward pass (real tokens)
 and every parameter's gradient against transformers' fp32 ones, and the same under bf16 autocast against the fp32
 reference, with transformers' own bf16 error beside it as the yardstick of what bf16 costs this network.
 
@@ -55,11 +57,17 @@ def gradient_errors(ours: dict, reference: dict) -> tuple[float, str, float]:
     return total, worst, math.sqrt(squares[worst]) / max(norms[worst], 1e-30)
 
 
-def forward_backward(model, ids, mask, weights, bf16: bool) -> tuple[torch.Tensor, dict]:
+def forward_backward(model, ids, mask, weights, bf16: bool, causal: bool = False) -> tuple[torch.Tensor, dict]:
     """Hidden states at the real tokens (fp32) and every parameter's gradient of sum(hidden * weights)."""
     model.zero_grad(set_to_none=True)
     with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=bf16):
-        out = model(ids, mask) if isinstance(model, DebertaV3Model) else model(ids, attention_mask=mask)[0]
+        if isinstance(model, DebertaV3Model):
+            out = model(ids, mask, causal=causal)
+        elif causal:
+            triangle = torch.ones(ids.shape[1], ids.shape[1], dtype=mask.dtype, device=ids.device).tril()
+            out = model.encoder(model.embeddings(input_ids=ids, mask=mask), triangle * mask[:, None, :])[0]
+        else:
+            out = model(ids, attention_mask=mask)[0]
     (out.float() * weights).sum().backward()
     grads = {name: p.grad.detach().float().clone() for name, p in model.named_parameters() if p.grad is not None}
     return out.detach().float()[mask.bool()], grads
@@ -89,15 +97,16 @@ def compare(config: ModelConfig, batch: int, seqs: tuple[int, ...], device: torc
     results = {}
     for seq in seqs:
         ids, mask, weights = inputs(config, batch, seq, device)
-        ref_out, ref_grads = forward_backward(theirs, ids, mask, weights, bf16=False)
-        row = {}
-        for precision, model in (("fp32", ours), ("bf16", ours), ("bf16_transformers", theirs)):
-            out, grads = forward_backward(model, ids, mask, weights, bf16=precision != "fp32")
-            total, worst, worst_error = gradient_errors(grads, ref_grads)
-            row.update({f"{precision}_forward": relative_error(out, ref_out), f"{precision}_grad": total,
-                        f"{precision}_grad_worst": [worst, worst_error]})
-        row["passed"] = all(row[key] <= tolerance for key, tolerance in TOLERANCES.items())
-        results[f"seq{seq}"] = row
+        for causal in (False, True):
+            ref_out, ref_grads = forward_backward(theirs, ids, mask, weights, False, causal)
+            row = {}
+            for precision, model in (("fp32", ours), ("bf16", ours), ("bf16_transformers", theirs)):
+                out, grads = forward_backward(model, ids, mask, weights, precision != "fp32", causal)
+                total, worst, worst_error = gradient_errors(grads, ref_grads)
+                row.update({f"{precision}_forward": relative_error(out, ref_out), f"{precision}_grad": total,
+                            f"{precision}_grad_worst": [worst, worst_error]})
+            row["passed"] = all(row[key] <= tolerance for key, tolerance in TOLERANCES.items())
+            results[f"seq{seq}" + ("_causal" if causal else "")] = row
     return results
 
 

@@ -37,6 +37,7 @@ def test_smoke_run_records_every_part_with_sane_values(tmp_path):
     parity = results["parity"]
     assert parity["passed"] and set(parity["implementations"]) == {"eager", "sdpa"}
     for rows in parity["implementations"].values():
+        assert any(name.endswith("_causal") for name in rows) and any("_" not in name for name in rows)
         for row in rows.values():
             for key, tolerance in parity["tolerances"].items():
                 assert 0 <= row[key] <= tolerance, (key, row[key])
