@@ -57,7 +57,8 @@ def main(argv=None) -> dict:
     assert drawn["cache"] == drawn["recompute"], "the cache changed the tokens drawn"
     result = {"size": args.size, "window": window, "prompt_tokens": len(prompt), "new_tokens": args.new_tokens,
               "seconds_per_token": {k: statistics.median(v) for k, v in seconds.items()}, "all": seconds,
-              "threads": torch.get_num_threads(), "machine": machine(), "gemm_peak_gflops": gemm_peak(args.gemm_seconds) / 1e9}
+              "threads": torch.get_num_threads(), "machine": machine(),
+              "gemm_peak_gflops": gemm_peak(args.gemm_seconds) / 1e9}
     result["speedup"] = result["seconds_per_token"]["recompute"] / result["seconds_per_token"]["cache"]
     print(json.dumps({k: result[k] for k in ("size", "seconds_per_token", "speedup", "gemm_peak_gflops")}))
     if args.output:

@@ -135,6 +135,10 @@ def test_perplexity_is_the_exponent_of_the_mean_cross_entropy_of_the_scored_toke
     # The second document's last 2 tokens make a window of 5 + 2 < 8 tokens, skipped as the trainer skips them.
     assert result["tokens"] == count == sum(len(d) for d in docs) - 2
     assert result["perplexity"] == pytest.approx(math.exp(nll / count), rel=1e-6)
+    targets = [ids[t] for ids, first in zip(windows.input_ids, windows.first_scored)
+               for t in range(first, len(ids) - 1)]
+    shares = [targets.count(t) / len(targets) for t in set(targets)]
+    assert result["unigram_perplexity"] == pytest.approx(math.exp(-sum(p * math.log(p) for p in shares)), rel=1e-6)
 
 
 def test_sampling_filters_by_hand():

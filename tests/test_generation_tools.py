@@ -42,7 +42,7 @@ def arlm_run(corpus, tmp_path_factory):
 
 
 def printed_perplexity(out: str) -> tuple[int, float]:
-    match = re.search(r": ([\d,]+) tokens in .* perplexity ([\d.]+)", out)
+    match = re.search(r": ([\d,]+) tokens in .* perplexity ([\d.]+) \(unigram baseline [\d.]+\)", out)
     return int(match.group(1).replace(",", "")), float(match.group(2))
 
 

@@ -64,7 +64,7 @@ def perplexity_main(argv: Sequence[str] | None = None) -> int:
         return status
     print(f"{Path(args.file).name}: {result['tokens']:,} tokens in {result['windows']:,} windows "
           f"(window {result['window']}, stride {result['stride']}): loss {result['loss']:.4f} nats/token, "
-          f"perplexity {result['perplexity']:.2f}")
+          f"perplexity {result['perplexity']:.2f} (unigram baseline {result['unigram_perplexity']:.2f})")
     return 0
 
 

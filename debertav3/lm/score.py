@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from ..constants import IGNORE_INDEX
 from ..data.corpus import MIN_BLOCK_TOKENS, pad_blocks
 from ..objective.arlm import next_token_labels
+from ..objective.metrics import target_counts, unigram_baselines
 from .load import CausalLM
 
 
@@ -57,10 +58,12 @@ def text_windows(documents: Sequence[Sequence[int]], length: int, stride: int, c
 
 @torch.no_grad()
 def perplexity(lm: CausalLM, windows: Windows, batch_size: int = 16, progress=None) -> dict[str, float]:
-    """{"tokens": scored tokens, "loss": mean next-token cross-entropy in nats, "perplexity": exp(loss)} over
-    `windows`, each token scored once; `progress(n)` is called after each batch of n windows."""
+    """{"tokens": scored tokens, "loss": mean next-token cross-entropy in nats, "perplexity": exp(loss),
+    "unigram_perplexity": exp(H(p)), p the scored tokens' empirical distribution, the best any constant
+    distribution does on them} over `windows`, each token scored once; `progress(n)` is called after each batch
+    of n windows."""
     special = torch.tensor(sorted(set(lm.tokenizer.special_ids)))
-    total, count = 0.0, 0
+    total, count, counts = 0.0, 0, None
     for begin in range(0, len(windows.input_ids), batch_size):
         batch = pad_blocks(windows.input_ids[begin: begin + batch_size], lm.tokenizer.pad_id)
         labels = next_token_labels(batch["input_ids"], batch["attention_mask"], special)
@@ -71,7 +74,12 @@ def perplexity(lm: CausalLM, windows: Windows, batch_size: int = 16, progress=No
         total += F.cross_entropy(logits.flatten(0, 1).double(), labels.flatten(), ignore_index=IGNORE_INDEX,
                                  reduction="sum").item()
         count += int((labels != IGNORE_INDEX).sum())
+        batch_counts = target_counts(labels[labels != IGNORE_INDEX], logits.shape[-1])
+        counts = batch_counts if counts is None else counts + batch_counts
         if progress:
             progress(len(first))
-    loss = total / count if count else math.nan
-    return {"tokens": count, "loss": loss, "perplexity": math.exp(loss) if count else math.nan}
+    if not count:
+        return {"tokens": 0, "loss": math.nan, "perplexity": math.nan, "unigram_perplexity": math.nan}
+    loss = total / count
+    return {"tokens": count, "loss": loss, "perplexity": math.exp(loss),
+            "unigram_perplexity": math.exp(unigram_baselines(counts)[1].item())}
