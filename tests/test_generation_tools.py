@@ -61,10 +61,12 @@ def test_the_tool_gives_the_runs_own_evaluation_on_the_same_blocks(arlm_run, cor
     assert 2 <= printed_perplexity(capsys.readouterr().out)[0] < tokens
 
 
-def test_mt_alternates_its_tasks_and_evaluates_both(corpus, tmp_path):
-    logged = run(corpus, tmp_path, "objective=mt")
+def test_mt_alternates_its_tasks_and_logs_and_evaluates_both(corpus, tmp_path):
+    logged = run(corpus, tmp_path, "objective=mt", "train.log_every=2")
     steps = scalars(tmp_path)
-    assert sorted(steps["train/mlm_loss"]) == [1, 3] and sorted(steps["train/arlm_loss"]) == [2, 4]
+    # Steps 1 and 3 train MLM, 2 and 4 ARLM; logged every second step, each task's latest figures are there.
+    assert sorted(steps["train/mlm_loss"]) == [2, 4] and sorted(steps["train/arlm_loss"]) == [2, 4]
+    assert steps["train/mlm_loss"][2] != steps["train/mlm_loss"][4]
     for key in ("eval/perplexity", "eval/perplexity_unigram", "eval/mlm_accuracy", "eval/mlm_accuracy_unigram"):
         assert key in logged, key
 

@@ -79,6 +79,7 @@ class Trainer:
         self.steps = StepRunner(self.accelerator, self.model, parts, cfg.optim.max_grad_norm, cfg.train.nonfinite,
                                 cfg.rtd.generator_warmup_steps if cfg.objective == "rtd" else 0)
         self.step, self.tokens_seen, self.skipped_steps = 0, 0, 0
+        self.latest_metrics: dict[str, torch.Tensor] = {}
         self.last_checkpoint: Path | None = None
         self.collapse_guard = CollapseGuard(cfg.train.collapse_check_step, cfg.train.collapse_auc)
 
@@ -302,7 +303,9 @@ class Trainer:
         stop_at = cfg.max_steps if stop_after_steps is None else min(cfg.max_steps, self.step + stop_after_steps)
         with StopRequests() as stops:
             while self.step < stop_at:
-                metrics = self.train_step()
+                # Under mt each step trains one task: the logs carry each task's latest figures.
+                self.latest_metrics.update(self.train_step())
+                metrics = dict(self.latest_metrics)
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                     logged = self.log_step(metrics, window)
