@@ -24,8 +24,8 @@ RECIPE = {
               "attention_probs_dropout_prob": 0.0},
     "data": {"max_seq_length": 128},
     "optim": {"lr": 4e-3, "warmup_steps": 100},
-    "train": {"output_dir": "runs/arlm_tiny", "batch_size": 16, "max_steps": 1200, "log_every": 10,
-              "eval_every": 200, "eval_batches": 16, "embedding_stats_every": 100, "save_every": 400},
+    "train": {"output_dir": "runs/arlm_tiny", "batch_size": 16, "max_steps": 1000, "log_every": 10,
+              "eval_every": 200, "eval_batches": 16, "embedding_stats_every": 100, "save_every": 500},
 }
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ for item in $2; do
   [ -n "$lr" ] && extra="$extra optim.lr=$lr"
   out=$OUT/$name-s$s
   [ -f "$out/done" ] && continue
-  $PY "$ROOT/recipes/arlm_tiny.py" train.seed=$s train.output_dir=$out train.progress=false \
+  $PY "$ROOT/recipes/arlm_tiny.py" train.seed=$s train.output_dir=$out train.progress=false train.max_steps=1200 \
       train.eval_batches=8 $extra > $out.log 2>&1
   for f in gutenberg:$ROOT/../shared/data/gutenberg_en/test.txt.gz \
            wikitext2:$ROOT/../shared/data/wikitext2_raw_test/wiki.test.raw; do
