@@ -129,3 +129,11 @@ def test_bad_inputs_are_one_line_with_exit_2(arlm_run, corpus, tmp_path, capsys)
         assert main(argv) == 2, argv
         line = the_line(capsys.readouterr().err)
         assert message in line, (argv, line)
+
+
+def test_resume_refuses_another_task_mix(corpus, tmp_path):
+    from debertav3.errors import UserError
+
+    run(corpus, tmp_path, "objective=mt", "train.max_steps=2")
+    with pytest.raises(UserError, match="different mt.arlm_fraction"):
+        run(corpus, tmp_path, "objective=mt", "train.max_steps=4", "mt.arlm_fraction=0.25")
