@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..constants import IGNORE_INDEX, OBJECTIVES, SHARING_MODES, STAGES
+from ..constants import IGNORE_INDEX, OBJECTIVE_TASKS, OBJECTIVES, SHARING_MODES, STAGES
 from ..errors import ConfigError
 from ..model import MaskedLMModel, ReplacedTokenDetectionModel, implementations
 from ..model.config import ModelConfig
@@ -179,7 +179,7 @@ class RTDModel(nn.Module):
         real_BL = attention_mask.bool()
         if denominators is None:
             denominators = torch.stack([(labels != IGNORE_INDEX).sum(), real_BL.sum()]).float()
-        if causal != (self.objective == "arlm") and self.objective != "mt":
+        if causal not in OBJECTIVE_TASKS[self.objective]:
             raise ValueError(f"objective {self.objective} {'has no' if causal else 'only has the'} causal task")
         if causal:
             arlm_loss, arlm_accuracy = next_token_loss(self.generator, self.generator_embedding, input_ids,

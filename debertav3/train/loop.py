@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 import warnings
@@ -16,8 +15,6 @@ from tqdm.auto import tqdm
 from .build import build_model
 from ..data import Masker, Tokenizer, build_datasets
 from ..errors import CollapseWarning, UserError
-from ..objective.metrics import prior_relative_loss, roc_auc, target_counts, unigram_baselines
-from ..constants import IGNORE_INDEX
 from ..model import implementations
 from ..objective.rtd import RTDModel, average_pairwise_cosine
 from .config import Config
@@ -27,7 +24,8 @@ from .checkpoint import save_checkpoint
 from .config_io import to_yaml
 from .lock import claim_output_dir
 from .optim import build_optimizers, linear_schedule, resolve_lr, split_parameters
-from .probe import Probe, kept_encoder
+from .evaluation import HeldOutEvaluation, reduce_mean
+from .probe import Probe
 from .report import CollapseGuard, format_eval_line, format_summary, progress_postfix
 from .resume import RunIdentity, refuse_foreign_checkpoints, restore
 from .signals import StopRequests
@@ -62,7 +60,8 @@ class Trainer:
         with self.accelerator.main_process_first():  # one process tokenizes; the others read its cache
             self.train_set, self.valid_set = build_datasets(cfg.data, self.tokenizer, cfg.train.seed)
         self.identity = RunIdentity.of(cfg, self.tokenizer, self.accelerator.num_processes)
-        self.probe = Probe(cfg.probe, self.tokenizer, cfg.train.seed) if cfg.probe.train_file else None
+        probe = Probe(cfg.probe, self.tokenizer, cfg.train.seed) if cfg.probe.train_file else None
+        self.evaluate = HeldOutEvaluation(cfg, self.accelerator, self.valid_set, self.micro_batch, probe)
         self.masker = Masker(self.tokenizer, cfg.data.mask_prob, cfg.mask_mode, cfg.data.whole_word_mask)
         self.special_ids = torch.tensor(sorted(set(self.tokenizer.special_ids)))  # never next-token targets
         self.source = BlockSource(self.train_set, cfg.train.seed, cfg.data.streaming)
@@ -151,89 +150,7 @@ class Trainer:
         return "" if "joint" in self.steps.parts else f", in the {exc.args[0]}'s step"
 
     def reduce(self, metrics: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Means over processes as floats (every process calls this at the same steps): one sync for all."""
-        if not metrics:
-            return {}
-        values = torch.stack([torch.as_tensor(v, device=self.accelerator.device) for v in metrics.values()])
-        if self.accelerator.num_processes > 1:
-            values = self.accelerator.reduce(values, "mean")
-        return dict(zip(metrics, values.tolist()))
-
-    @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        """Metrics on the held-out blocks, with the same masks every time (seeded by the batch number): the masked
-        task's for rtd and mlm, the causal task's for arlm, both for mt; with a probe configured, `probe_accuracy`
-        and `probe_majority` from train/probe.py."""
-        model = self.raw_model
-        model.eval()
-        result = {}
-        for causal in {"arlm": (True,), "mt": (False, True)}.get(self.cfg.objective, (False,)):
-            result.update(self.evaluate_task(model, causal))
-        if result and self.probe is not None:  # every process fits the same probe on the same weights
-            probed = self.probe.evaluate(kept_encoder(model), self.accelerator.device)
-            result.update({f"eval/{k}": v for k, v in probed.items()})
-        return result
-
-    def evaluate_task(self, model: RTDModel, causal: bool) -> dict[str, float]:
-        """One task's held-out metrics. Per-batch metrics are averaged over batches; pooled over all batches and
-        processes instead: `rtd_auc` and `rtd_loss_vs_prior` from the discriminator's scores, the unigram baselines
-        (`mlm_accuracy_unigram` / `mlm_loss_unigram`, or `arlm_accuracy_unigram` / `perplexity_unigram`: the best
-        constant predictor's scores on the pooled targets) and `perplexity`, exp of the next-token cross-entropy
-        over every held-out target token."""
-        cfg, acc = self.cfg.train, self.accelerator
-        global_batch = cfg.batch_size * acc.num_processes
-        totals, count, scores, targets = {}, 0, [], []
-        counts = torch.zeros(self.cfg.model.vocab_size, dtype=torch.long, device=acc.device)
-        for i, start in enumerate(range(0, len(self.valid_set) - global_batch + 1, global_batch)):
-            if i == cfg.eval_batches:
-                break
-            blocks = [self.valid_set[j] for j in range(start, start + global_batch)]
-            batch = self.micro_batch(-1 - i, blocks, causal)
-            out = model(**batch.inputs)
-            labels = batch.inputs["labels"]
-            metrics = out.metric_tensors()
-            if causal:
-                # Summed cross-entropy and targets of this process: their ratio, pooled, is the held-out token CE.
-                metrics.update(arlm_nll=out.arlm_loss * batch.inputs["denominators"][0],
-                               arlm_targets=(labels != IGNORE_INDEX).sum().float())
-                if self.cfg.objective == "mt":
-                    metrics.pop("loss")  # the masked task's loss is the run's eval/loss
-            for name, value in metrics.items():
-                totals[name] = totals.get(name, 0.0) + value
-            counts += target_counts(labels[labels != IGNORE_INDEX], counts.numel())
-            if out.rtd_logits is not None:
-                real = batch.inputs["attention_mask"].bool()
-                scores.append(out.rtd_logits[real])
-                targets.append(out.rtd_labels[real].float())
-            count += 1
-        if not count:
-            return {}
-        result = {f"eval/{k}": v / count for k, v in self.reduce(totals).items()}
-        if acc.num_processes > 1:
-            counts = acc.reduce(counts, "sum")
-        accuracy, entropy = unigram_baselines(counts)
-        if causal:
-            cross_entropy = result.pop("eval/arlm_nll") / result.pop("eval/arlm_targets")
-            result.update({"eval/perplexity": math.exp(cross_entropy), "eval/arlm_accuracy_unigram": accuracy.item(),
-                           "eval/perplexity_unigram": math.exp(entropy.item())})
-            return result
-        pooled = dict(mlm_accuracy_unigram=accuracy, mlm_loss_unigram=entropy)
-        if scores:
-            scores, targets = self.gather_rows(torch.cat(scores)), self.gather_rows(torch.cat(targets))
-            # Processes hold different numbers of tokens: gather_rows pads with target -1, dropped here.
-            real = targets >= 0
-            scores, targets = scores[real], targets[real]
-            pooled.update(rtd_auc=roc_auc(scores, targets), rtd_loss_vs_prior=prior_relative_loss(scores, targets))
-        result.update({f"eval/{k}": v for k, v in zip(pooled, torch.stack(list(pooled.values())).tolist())})
-        return result
-
-    def gather_rows(self, values: torch.Tensor) -> torch.Tensor:
-        """A 1-D tensor of every process concatenated (each padded with -1 to the longest): this process's alone
-        when there is only one."""
-        acc = self.accelerator
-        if acc.num_processes == 1:
-            return values
-        return acc.gather(acc.pad_across_processes(values, dim=0, pad_index=-1))
+        return reduce_mean(self.accelerator, metrics)
 
     def save(self) -> None:
         state = {"step": self.step, "tokens_seen": self.tokens_seen, "skipped_steps": self.skipped_steps,
@@ -314,7 +231,7 @@ class Trainer:
                 if self.step % cfg.embedding_stats_every == 0 and acc.is_main_process:
                     acc.log(embedding_statistics(self.raw_model, self.tokenizer.vocab_size), step=self.step)
                 if self.step % cfg.eval_every == 0 or self.step == cfg.max_steps:
-                    evaluation = self.evaluate()
+                    evaluation = self.evaluate(self.raw_model)
                     acc.log(evaluation, step=self.step)
                     logged.update(evaluation)
                     evaluated = (self.step, evaluation)
